@@ -1,0 +1,42 @@
+//! `rampart`: the command-line tool and the node.
+//!
+//! The binary is thin: it parses flags into validated settings and calls the library crates. Only it knows the
+//! output formats (tables for people, JSON lines for machines).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod output;
+mod ring_cmd;
+
+/// Rampart: a highly available, disaster-tolerant trading core.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Placement tools: balance and movement of the ring's algorithms.
+    Ring {
+        #[command(subcommand)]
+        command: ring_cmd::RingCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ring { command } => ring_cmd::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod detect_cmd;
 mod output;
 mod ring_cmd;
 
@@ -25,12 +26,18 @@ enum Command {
         #[command(subcommand)]
         command: ring_cmd::RingCommand,
     },
+    /// Failure-detection tools: the deterministic detector simulator.
+    Detect {
+        #[command(subcommand)]
+        command: detect_cmd::DetectCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ring { command } => ring_cmd::run(command),
+        Command::Detect { command } => detect_cmd::run(command),
     };
     match result {
         Ok(code) => code,

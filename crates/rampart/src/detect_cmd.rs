@@ -17,6 +17,25 @@ pub enum DetectCommand {
     /// are killed and come back --restart-after-s later; every --pause-every-s one member is frozen for
     /// --pause-ms. Detection time is measured until *every* live member has declared the crashed one dead.
     Simulate(SimulateArgs),
+    /// Measures crash detection on real sockets: N members on 127.0.0.1 (UDP and TCP), one killed without
+    /// leaving, timed until every survivor has declared it dead. Repeated --trials times on fresh clusters.
+    Live(LiveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// Cluster size (2 to 64).
+    #[arg(long, default_value_t = 5)]
+    nodes: u16,
+    /// Kills to measure, each on a fresh cluster (1 to 100).
+    #[arg(long, default_value_t = 3)]
+    trials: u16,
+    /// First port; member i of trial t uses port + t × nodes + i.
+    #[arg(long, default_value_t = 37_946)]
+    port: u16,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,7 +107,96 @@ pub struct SimulateArgs {
 pub fn run(command: DetectCommand) -> anyhow::Result<ExitCode> {
     match command {
         DetectCommand::Simulate(args) => run_simulation(args),
+        DetectCommand::Live(args) => run_live(args),
     }
+}
+
+fn run_live(args: LiveArgs) -> anyhow::Result<ExitCode> {
+    if !(2..=64).contains(&args.nodes) || !(1..=100).contains(&args.trials) {
+        bail!("--nodes: use 2 to 64; --trials: use 1 to 100");
+    }
+    let span = u32::from(args.nodes) * u32::from(args.trials);
+    if u32::from(args.port) + span > 65_535 || args.port < 1024 {
+        bail!("--port {}: the {span} ports from it must lie within 1024..65535", args.port);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut trials = Vec::new();
+    for t in 0..args.trials {
+        let base = args.port + t * args.nodes;
+        let d = runtime.block_on(live_trial(args.nodes, base))?;
+        trials.push(d.as_secs_f64() * 1000.0);
+    }
+    let mut sorted = trials.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (median, max) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
+    let out = if args.json {
+        format!(
+            "{}\n",
+            serde_json::json!({"detector": "rampart", "nodes": args.nodes, "trials_ms": trials, "detect_median_ms": median, "detect_max_ms": max})
+        )
+    } else {
+        let list: Vec<String> = trials.iter().map(|t| format!("{t:.0}")).collect();
+        format!(
+            "rampart  nodes={}  cluster-wide detection per kill (ms): [{}]  median {median:.0}  max {max:.0}\n",
+            args.nodes,
+            list.join(" ")
+        )
+    };
+    crate::output::print(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One cluster on 127.0.0.1, ports `base..base + n`: form, settle, kill the last member, time the verdicts.
+async fn live_trial(n: u16, base: u16) -> anyhow::Result<Duration> {
+    use rampart_membership::{Config, Event, Meta, Profile, State};
+    use rampart_membership_net::Membership;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + i));
+    let mut members = Vec::new();
+    for i in 0..n {
+        let cfg = Config { seed: u64::from(base) << 8 | u64::from(i), ..Config::profile(Profile::Lan) };
+        let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
+        members.push(Membership::start(cfg, format!("m{i}"), addr(i), Meta::default(), seeds).await?);
+    }
+    let formed = Instant::now() + Duration::from_secs(10);
+    while !members
+        .iter()
+        .all(|m| m.members().iter().filter(|(x, _)| x.state == State::Alive).count() == usize::from(n) - 1)
+    {
+        if Instant::now() > formed {
+            bail!("the cluster on ports {base}.. did not form in 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the cluster settle, as the memberlist harness does.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim_id = format!("m{}", n - 1);
+    let mut subs: Vec<_> = members[..usize::from(n) - 1].iter().map(Membership::subscribe).collect();
+    let victim = members.pop().ok_or_else(|| anyhow::anyhow!("no members"))?;
+    let killed = Instant::now();
+    victim.kill();
+    let mut worst = Duration::ZERO;
+    for sub in &mut subs {
+        let wait = async {
+            loop {
+                match sub.recv().await {
+                    Ok(Event::Dead(m)) if m.id == victim_id => return Ok(Instant::now()),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => return Err(anyhow::anyhow!("event stream closed: {e}")),
+                }
+            }
+        };
+        let at = tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .map_err(|_| anyhow::anyhow!("not detected in 60 s"))??;
+        worst = worst.max(at - killed);
+    }
+    for m in members {
+        m.leave().await;
+    }
+    Ok(worst)
 }
 
 fn run_simulation(args: SimulateArgs) -> anyhow::Result<ExitCode> {

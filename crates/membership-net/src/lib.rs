@@ -1,0 +1,300 @@
+//! The async driver of Rampart's membership: real sockets and a real clock around the sans-IO [`Swim`].
+//!
+//! One task owns the state machine. It reads UDP datagrams from the member's port, accepts TCP connections on
+//! the same port number (the fallback probe path: one length-prefixed packet in, one reply out), takes packets
+//! handed in by other transports through [`Membership::deliver_stream`] (the node's HTTP heartbeat endpoint),
+//! and sleeps until the machine's next deadline. Everything the machine emits is sent at once; membership
+//! events are published on a broadcast channel and a snapshot of the member list is kept for readers.
+//!
+//! Invariants: only the driver task touches the [`Swim`]; a send error never stops the loop (the peer may be
+//! down, which is what the protocol is for); every buffer and queue is bounded.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rampart_membership::wire::MAX_PACKET;
+use rampart_membership::{Channel, Config, Event, MemberInfo, Meta, Swim, Transmit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long a TCP probe may take end to end.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on packets queued from stream transports into the driver.
+const STREAM_QUEUE: usize = 256;
+/// Bound on membership events buffered for slow subscribers (older ones are dropped for them).
+const EVENT_QUEUE: usize = 1024;
+
+/// Why membership could not start. Nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] rampart_membership::ConfigError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A packet from a stream transport, with the way back for the reply.
+struct StreamIn {
+    from: SocketAddr,
+    bytes: Vec<u8>,
+    reply: Option<oneshot::Sender<Vec<u8>>>,
+}
+
+enum Command {
+    Leave(oneshot::Sender<()>),
+}
+
+/// What readers see without asking the driver.
+#[derive(Debug, Default)]
+struct Shared {
+    members: Vec<(MemberInfo, f64)>,
+    local: Option<MemberInfo>,
+    health: u32,
+}
+
+/// A running member: its driver task and the handles to talk to it.
+#[derive(Debug)]
+pub struct Membership {
+    addr: SocketAddr,
+    events: broadcast::Sender<Event>,
+    stream_tx: mpsc::Sender<StreamIn>,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+    listener: JoinHandle<()>,
+}
+
+impl Membership {
+    /// Binds UDP and TCP on `addr` and starts the member `id`, joining through `seeds`.
+    pub async fn start(
+        config: Config,
+        id: String,
+        addr: SocketAddr,
+        meta: Meta,
+        seeds: Vec<SocketAddr>,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let udp = UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let tcp = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let origin = Instant::now();
+        let swim = Swim::new(config, id, addr, meta, seeds, Duration::ZERO);
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+        let (commands, command_rx) = mpsc::channel(8);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let listener = tokio::spawn(accept_loop(tcp, stream_tx.clone()));
+        let driver = Driver {
+            swim,
+            udp: Arc::new(udp),
+            origin,
+            events: events.clone(),
+            shared: shared.clone(),
+            stream_tx: stream_tx.clone(),
+            replies: Vec::new(),
+        };
+        let task = tokio::spawn(driver.run(stream_rx, command_rx));
+        Ok(Self { addr, events, stream_tx, commands, shared, task, listener })
+    }
+
+    /// The address this member listens on (UDP and TCP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A stream of membership events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The other members as last seen, each with its phi (how overdue it is; 0 when just heard from).
+    pub fn members(&self) -> Vec<(MemberInfo, f64)> {
+        self.shared.lock().map(|s| s.members.clone()).unwrap_or_default()
+    }
+
+    /// This member as others see it.
+    pub fn local(&self) -> Option<MemberInfo> {
+        self.shared.lock().ok().and_then(|s| s.local.clone())
+    }
+
+    /// Lifeguard's local health multiplier (0 is healthy).
+    pub fn health(&self) -> u32 {
+        self.shared.lock().map(|s| s.health).unwrap_or_default()
+    }
+
+    /// Hands in a packet that arrived over another stream transport (the HTTP heartbeat endpoint) and waits
+    /// for the reply, if the packet calls for one. `None`: no reply, or the member is shutting down.
+    pub async fn deliver_stream(&self, from: SocketAddr, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        self.stream_tx.send(StreamIn { from, bytes, reply: Some(tx) }).await.ok()?;
+        tokio::time::timeout(STREAM_TIMEOUT, rx).await.ok()?.ok()
+    }
+
+    /// Leaves the cluster gracefully (every member is told), then stops.
+    pub async fn leave(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(STREAM_TIMEOUT, rx).await;
+        }
+        self.task.abort();
+        self.listener.abort();
+    }
+
+    /// Stops at once without telling anyone, as a crash would.
+    pub fn kill(self) {
+        self.task.abort();
+        self.listener.abort();
+    }
+}
+
+struct Driver {
+    swim: Swim,
+    udp: Arc<UdpSocket>,
+    origin: Instant,
+    events: broadcast::Sender<Event>,
+    shared: Arc<Mutex<Shared>>,
+    stream_tx: mpsc::Sender<StreamIn>,
+    /// Inbound stream packets still waiting for their reply, by the sender's address.
+    replies: Vec<(SocketAddr, oneshot::Sender<Vec<u8>>)>,
+}
+
+impl Driver {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    async fn run(mut self, mut stream_rx: mpsc::Receiver<StreamIn>, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; MAX_PACKET];
+        loop {
+            let deadline = self.swim.poll_timeout();
+            let sleep = tokio::time::sleep_until((self.origin + deadline).into());
+            tokio::select! {
+                r = self.udp.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let now = self.now();
+                        self.swim.handle_packet(now, from, Channel::Datagram, &buf[..n]);
+                    }
+                    // ICMP port-unreachable from a dead peer surfaces here on Linux: not our problem.
+                    Err(e) => tracing::trace!("udp receive: {e}"),
+                },
+                Some(s) = stream_rx.recv() => {
+                    if let Some(reply) = s.reply {
+                        self.replies.push((s.from, reply));
+                    }
+                    let now = self.now();
+                    self.swim.handle_packet(now, s.from, Channel::Stream, &s.bytes);
+                }
+                () = sleep => {
+                    let now = self.now();
+                    self.swim.handle_tick(now);
+                }
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Leave(done) => {
+                        let now = self.now();
+                        self.swim.leave(now);
+                        self.flush().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                },
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Sends everything the state machine produced and publishes its events.
+    async fn flush(&mut self) {
+        while let Some(t) = self.swim.poll_transmit() {
+            self.transmit(t).await;
+        }
+        // Replies not produced by this step will not come: let their waiters go.
+        self.replies.clear();
+        while let Some(e) = self.swim.poll_event() {
+            // No subscriber is not an error.
+            let _ = self.events.send(e);
+        }
+        let now = self.now();
+        if let Ok(mut s) = self.shared.lock() {
+            s.local = Some(self.swim.local().clone());
+            s.members = self.swim.members().map(|m| (m.clone(), self.swim.phi(&m.id, now).unwrap_or(0.0))).collect();
+            s.health = self.swim.health();
+        }
+    }
+
+    async fn transmit(&mut self, t: Transmit) {
+        match t.channel {
+            Channel::Datagram => {
+                if let Err(e) = self.udp.send_to(&t.bytes, t.to).await {
+                    tracing::trace!("udp send to {}: {e}", t.to);
+                }
+            }
+            Channel::Stream => {
+                // A reply to an inbound stream packet goes back on its connection; anything else opens one.
+                if let Some(i) = self.replies.iter().position(|(from, _)| *from == t.to) {
+                    let (_, tx) = self.replies.swap_remove(i);
+                    let _ = tx.send(t.bytes);
+                } else {
+                    tokio::spawn(stream_probe(t.to, t.bytes, self.stream_tx.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Sends one packet over TCP and feeds the reply, if any, back to the driver as coming from `to`.
+async fn stream_probe(to: SocketAddr, bytes: Vec<u8>, back: mpsc::Sender<StreamIn>) {
+    let exchange = async {
+        let mut conn = TcpStream::connect(to).await?;
+        write_frame(&mut conn, &bytes).await?;
+        read_frame(&mut conn).await
+    };
+    match tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
+        Ok(Ok(reply)) => {
+            let _ = back.send(StreamIn { from: to, bytes: reply, reply: None }).await;
+        }
+        Ok(Err(e)) => tracing::trace!("tcp probe to {to}: {e}"),
+        Err(_) => tracing::trace!("tcp probe to {to}: timed out"),
+    }
+}
+
+async fn accept_loop(listener: TcpListener, to_driver: mpsc::Sender<StreamIn>) {
+    loop {
+        let Ok((conn, from)) = listener.accept().await else { continue };
+        let to_driver = to_driver.clone();
+        tokio::spawn(async move {
+            let serve = async {
+                let mut conn = conn;
+                let bytes = read_frame(&mut conn).await?;
+                let (tx, rx) = oneshot::channel();
+                if to_driver.send(StreamIn { from, bytes, reply: Some(tx) }).await.is_err() {
+                    return Ok(());
+                }
+                if let Ok(reply) = rx.await {
+                    write_frame(&mut conn, &reply).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let _ = tokio::time::timeout(STREAM_TIMEOUT, serve).await;
+        });
+    }
+}
+
+async fn write_frame(conn: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    conn.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    conn.write_all(bytes).await?;
+    conn.flush().await
+}
+
+async fn read_frame(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_PACKET {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+    }
+    let mut bytes = vec![0u8; len];
+    conn.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}

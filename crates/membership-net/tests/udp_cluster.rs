@@ -1,0 +1,118 @@
+//! Real sockets: members on 127.0.0.x over UDP (and TCP), one killed, the rest must see it dead quickly.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rampart_membership::{Config, Event, Meta, Profile, State};
+use rampart_membership_net::Membership;
+
+fn addr(i: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, i], port))
+}
+
+async fn cluster(n: u8, port: u16) -> Vec<Membership> {
+    let mut members = Vec::new();
+    for i in 1..=n {
+        let cfg = Config { seed: u64::from(i), ..Config::profile(Profile::Lan) };
+        let seeds = if i == 1 { vec![] } else { vec![addr(1, port)] };
+        let meta = Meta { http: Some(format!("127.0.0.{i}:7100")), zone: "z1".into(), weight: 100 };
+        members.push(Membership::start(cfg, format!("n{i}"), addr(i, port), meta, seeds).await.expect("member starts"));
+    }
+    // Everyone sees everyone alive.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if members.iter().all(|m| m.members().iter().filter(|(x, _)| x.state == State::Alive).count() == n as usize - 1)
+        {
+            return members;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the cluster did not form in 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_is_declared_dead_by_everyone_within_the_lan_bound() {
+    let mut members = cluster(5, 17_946).await;
+    let mut subs: Vec<_> = members[..4].iter().map(Membership::subscribe).collect();
+    let victim = members.pop().expect("five members");
+    let killed_at = Instant::now();
+    victim.kill();
+    let mut seen = Vec::new();
+    for sub in &mut subs {
+        let wait = async {
+            loop {
+                match sub.recv().await {
+                    Ok(Event::Dead(m)) if m.id == "n5" => return Instant::now(),
+                    Ok(_) => {}
+                    Err(e) => panic!("event stream broke: {e}"),
+                }
+            }
+        };
+        let at = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("declared dead within 5 s");
+        seen.push(at - killed_at);
+    }
+    let worst = seen.iter().max().copied().unwrap_or_default();
+    eprintln!("detection per member: {seen:?}");
+    assert!(worst <= Duration::from_secs(2), "cluster-wide detection took {worst:?}: {seen:?}");
+    // Nobody else was accused meanwhile.
+    for m in &members {
+        assert!(m.members().iter().all(|(x, _)| x.id == "n5" || x.state == State::Alive), "{:?}", m.members());
+    }
+    for m in members {
+        m.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_leaves_is_seen_as_left_and_metadata_travels() {
+    let mut members = cluster(3, 18_946).await;
+    let view = members[0].members();
+    let n2 = view.iter().find(|(m, _)| m.id == "n2").expect("n2 known");
+    assert_eq!(n2.0.meta.http.as_deref(), Some("127.0.0.2:7100"));
+    assert!(n2.1 < 8.0, "phi of a healthy member is low: {}", n2.1);
+    let mut sub = members[0].subscribe();
+    let leaver = members.pop().expect("three members");
+    leaver.leave().await;
+    let left = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(Event::Left(m)) = sub.recv().await {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the leave is seen within 2 s");
+    assert_eq!(left.id, "n3");
+    for m in members {
+        m.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_packet_is_answered_on_the_same_path() {
+    use rampart_membership::wire::{Msg, Packet};
+    let members = cluster(2, 19_946).await;
+    let ping = Packet { from: "http-client".into(), msg: Msg::Ping { seq: 77 }, updates: vec![] }.encode();
+    let reply = members[0].deliver_stream(addr(9, 1), ping).await.expect("a reply");
+    let reply = Packet::decode(&reply).expect("a valid packet");
+    assert_eq!(reply.msg, Msg::Ack { seq: 77 });
+    assert_eq!(reply.from, "n1");
+    // Garbage gets no reply and changes nothing.
+    assert!(members[0].deliver_stream(addr(9, 1), b"junk".to_vec()).await.is_none());
+    for m in members {
+        m.leave().await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_config_or_a_taken_port_is_refused() {
+    let bad = Config { probe_interval: Duration::ZERO, ..Config::profile(Profile::Lan) };
+    assert!(Membership::start(bad, "x".into(), addr(1, 20_946), Meta::default(), vec![]).await.is_err());
+    let first = Membership::start(Config::profile(Profile::Lan), "a".into(), addr(1, 20_947), Meta::default(), vec![])
+        .await
+        .expect("starts");
+    let second =
+        Membership::start(Config::profile(Profile::Lan), "b".into(), addr(1, 20_947), Meta::default(), vec![]).await;
+    assert!(second.is_err());
+    first.kill();
+}

@@ -1,10 +1,14 @@
 //! The async driver of Rampart's membership: real sockets and a real clock around the sans-IO [`Swim`].
 //!
-//! One task owns the state machine. It reads UDP datagrams from the member's port, accepts TCP connections on
-//! the same port number (the fallback probe path: one length-prefixed packet in, one reply out), takes packets
-//! handed in by other transports through [`Membership::deliver_stream`] (the node's HTTP heartbeat endpoint),
-//! and sleeps until the machine's next deadline. Everything the machine emits is sent at once; membership
-//! events are published on a broadcast channel and a snapshot of the member list is kept for readers.
+//! One task owns the state machine and sleeps until its next deadline. Two transports:
+//! - **UDP** ([`Membership::start`]): datagrams on the member's port, and TCP on the same port number for the
+//!   fallback probe (one length-prefixed packet in, one reply out).
+//! - **HTTP** ([`Membership::start_http`]), for networks that block UDP: every packet is a
+//!   `POST /v1/membership/heartbeat` to the member's HTTP address, the reply (an ack) comes back in the
+//!   response, and [`http::router`] serves the endpoint inside the node's HTTP server.
+//!
+//! Everything the machine emits is sent at once; membership events are published on a broadcast channel and a
+//! snapshot of the member list is kept for readers.
 //!
 //! Invariants: only the driver task touches the [`Swim`]; a send error never stops the loop (the peer may be
 //! down, which is what the protocol is for); every buffer and queue is bounded.
@@ -20,8 +24,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub mod http;
+
 /// How long a TCP probe may take end to end.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const STREAM_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on packets queued from stream transports into the driver.
 const STREAM_QUEUE: usize = 256;
 /// Bound on membership events buffered for slow subscribers (older ones are dropped for them).
@@ -36,11 +42,19 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// A packet from a stream transport, with the way back for the reply.
+/// A packet from a stream transport (TCP, HTTP), with the way back for the reply.
 struct StreamIn {
     from: SocketAddr,
+    channel: Channel,
     bytes: Vec<u8>,
     reply: Option<oneshot::Sender<Vec<u8>>>,
+}
+
+/// How packets leave this member.
+#[derive(Clone, Debug)]
+enum Net {
+    Udp(Arc<UdpSocket>),
+    Http(http::Client),
 }
 
 enum Command {
@@ -64,7 +78,7 @@ pub struct Membership {
     commands: mpsc::Sender<Command>,
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
-    listener: JoinHandle<()>,
+    listener: Option<JoinHandle<()>>,
 }
 
 impl Membership {
@@ -79,16 +93,47 @@ impl Membership {
         config.validate()?;
         let udp = UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
         let tcp = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+        let listener = tokio::spawn(accept_loop(tcp, stream_tx.clone()));
+        Ok(Self::launch(config, id, addr, meta, seeds, Net::Udp(Arc::new(udp)), stream_tx, stream_rx, Some(listener)))
+    }
+
+    /// Starts the member `id` on the HTTP transport: `http_addr` is where this node serves [`http::router`]
+    /// (the caller mounts it), and `seeds` are other members' HTTP addresses. Binds nothing itself.
+    pub fn start_http(
+        config: Config,
+        id: String,
+        http_addr: SocketAddr,
+        meta: Meta,
+        seeds: Vec<SocketAddr>,
+    ) -> Result<Self, StartError> {
+        // Every HTTP exchange is already a reliable stream: there is nothing to fall back to.
+        let config = Config { tcp_fallback: false, ..config };
+        config.validate()?;
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+        Ok(Self::launch(config, id, http_addr, meta, seeds, Net::Http(http::Client::new()), stream_tx, stream_rx, None))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        config: Config,
+        id: String,
+        addr: SocketAddr,
+        meta: Meta,
+        seeds: Vec<SocketAddr>,
+        net: Net,
+        stream_tx: mpsc::Sender<StreamIn>,
+        stream_rx: mpsc::Receiver<StreamIn>,
+        listener: Option<JoinHandle<()>>,
+    ) -> Self {
         let origin = Instant::now();
         let swim = Swim::new(config, id, addr, meta, seeds, Duration::ZERO);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
-        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
         let (commands, command_rx) = mpsc::channel(8);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let listener = tokio::spawn(accept_loop(tcp, stream_tx.clone()));
         let driver = Driver {
             swim,
-            udp: Arc::new(udp),
+            net,
             origin,
             events: events.clone(),
             shared: shared.clone(),
@@ -96,7 +141,7 @@ impl Membership {
             replies: Vec::new(),
         };
         let task = tokio::spawn(driver.run(stream_rx, command_rx));
-        Ok(Self { addr, events, stream_tx, commands, shared, task, listener })
+        Self { addr, events, stream_tx, commands, shared, task, listener }
     }
 
     /// The address this member listens on (UDP and TCP).
@@ -128,30 +173,36 @@ impl Membership {
     /// for the reply, if the packet calls for one. `None`: no reply, or the member is shutting down.
     pub async fn deliver_stream(&self, from: SocketAddr, bytes: Vec<u8>) -> Option<Vec<u8>> {
         let (tx, rx) = oneshot::channel();
-        self.stream_tx.send(StreamIn { from, bytes, reply: Some(tx) }).await.ok()?;
+        self.stream_tx.send(StreamIn { from, channel: Channel::Datagram, bytes, reply: Some(tx) }).await.ok()?;
         tokio::time::timeout(STREAM_TIMEOUT, rx).await.ok()?.ok()
     }
 
-    /// Leaves the cluster gracefully (every member is told), then stops.
-    pub async fn leave(self) {
+    /// Leaves the cluster gracefully: every member is told, then the driver stops.
+    pub async fn leave(&self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Leave(tx)).await.is_ok() {
             let _ = tokio::time::timeout(STREAM_TIMEOUT, rx).await;
         }
-        self.task.abort();
-        self.listener.abort();
     }
 
-    /// Stops at once without telling anyone, as a crash would.
-    pub fn kill(self) {
+    /// Stops at once without telling anyone, as a crash would. (Dropping the handle does the same.)
+    pub fn kill(&self) {
         self.task.abort();
-        self.listener.abort();
+        if let Some(l) = &self.listener {
+            l.abort();
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
 struct Driver {
     swim: Swim,
-    udp: Arc<UdpSocket>,
+    net: Net,
     origin: Instant,
     events: broadcast::Sender<Event>,
     shared: Arc<Mutex<Shared>>,
@@ -170,11 +221,22 @@ impl Driver {
         loop {
             let deadline = self.swim.poll_timeout();
             let sleep = tokio::time::sleep_until((self.origin + deadline).into());
+            let udp = match &self.net {
+                Net::Udp(u) => Some(u.clone()),
+                Net::Http(_) => None,
+            };
+            let recv = async {
+                match &udp {
+                    Some(u) => u.recv_from(&mut buf).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                r = self.udp.recv_from(&mut buf) => match r {
+                r = recv => match r {
                     Ok((n, from)) => {
                         let now = self.now();
-                        self.swim.handle_packet(now, from, Channel::Datagram, &buf[..n]);
+                        let bytes = buf[..n].to_vec();
+                        self.swim.handle_packet(now, from, Channel::Datagram, &bytes);
                     }
                     // ICMP port-unreachable from a dead peer surfaces here on Linux: not our problem.
                     Err(e) => tracing::trace!("udp receive: {e}"),
@@ -184,7 +246,7 @@ impl Driver {
                         self.replies.push((s.from, reply));
                     }
                     let now = self.now();
-                    self.swim.handle_packet(now, s.from, Channel::Stream, &s.bytes);
+                    self.swim.handle_packet(now, s.from, s.channel, &s.bytes);
                 }
                 () = sleep => {
                     let now = self.now();
@@ -224,20 +286,23 @@ impl Driver {
     }
 
     async fn transmit(&mut self, t: Transmit) {
-        match t.channel {
-            Channel::Datagram => {
-                if let Err(e) = self.udp.send_to(&t.bytes, t.to).await {
+        // The answer to a packet that came over a stream (TCP or HTTP) goes back on that exchange.
+        if let Some(i) = self.replies.iter().position(|(from, _)| *from == t.to) {
+            let (_, tx) = self.replies.swap_remove(i);
+            let _ = tx.send(t.bytes);
+            return;
+        }
+        match (&self.net, t.channel) {
+            (Net::Udp(udp), Channel::Datagram) => {
+                if let Err(e) = udp.send_to(&t.bytes, t.to).await {
                     tracing::trace!("udp send to {}: {e}", t.to);
                 }
             }
-            Channel::Stream => {
-                // A reply to an inbound stream packet goes back on its connection; anything else opens one.
-                if let Some(i) = self.replies.iter().position(|(from, _)| *from == t.to) {
-                    let (_, tx) = self.replies.swap_remove(i);
-                    let _ = tx.send(t.bytes);
-                } else {
-                    tokio::spawn(stream_probe(t.to, t.bytes, self.stream_tx.clone()));
-                }
+            (Net::Udp(_), Channel::Stream) => {
+                tokio::spawn(stream_probe(t.to, t.bytes, self.stream_tx.clone()));
+            }
+            (Net::Http(client), channel) => {
+                tokio::spawn(client.clone().post(t.to, t.bytes, channel, self.stream_tx.clone()));
             }
         }
     }
@@ -252,7 +317,7 @@ async fn stream_probe(to: SocketAddr, bytes: Vec<u8>, back: mpsc::Sender<StreamI
     };
     match tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
         Ok(Ok(reply)) => {
-            let _ = back.send(StreamIn { from: to, bytes: reply, reply: None }).await;
+            let _ = back.send(StreamIn { from: to, channel: Channel::Stream, bytes: reply, reply: None }).await;
         }
         Ok(Err(e)) => tracing::trace!("tcp probe to {to}: {e}"),
         Err(_) => tracing::trace!("tcp probe to {to}: timed out"),
@@ -268,7 +333,7 @@ async fn accept_loop(listener: TcpListener, to_driver: mpsc::Sender<StreamIn>) {
                 let mut conn = conn;
                 let bytes = read_frame(&mut conn).await?;
                 let (tx, rx) = oneshot::channel();
-                if to_driver.send(StreamIn { from, bytes, reply: Some(tx) }).await.is_err() {
+                if to_driver.send(StreamIn { from, channel: Channel::Stream, bytes, reply: Some(tx) }).await.is_err() {
                     return Ok(());
                 }
                 if let Ok(reply) = rx.await {

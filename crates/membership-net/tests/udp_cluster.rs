@@ -116,3 +116,59 @@ async fn a_bad_config_or_a_taken_port_is_refused() {
     assert!(second.is_err());
     first.kill();
 }
+
+/// The HTTP transport: no UDP at all, every packet a POST to the member's HTTP address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_killed_member_is_declared_dead_too() {
+    use std::sync::Arc;
+
+    let port = 21_946;
+    let mut members = Vec::new();
+    let mut servers = Vec::new();
+    for i in 1..=3u8 {
+        let cfg = Config { seed: u64::from(i), ..Config::profile(Profile::Lan) };
+        let seeds = if i == 1 { vec![] } else { vec![addr(1, port)] };
+        let m = Arc::new(
+            Membership::start_http(cfg, format!("h{i}"), addr(i, port), Meta::default(), seeds).expect("starts"),
+        );
+        let listener = tokio::net::TcpListener::bind(addr(i, port)).await.expect("bind");
+        let app = rampart_membership_net::http::router(m.clone());
+        servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
+        members.push(m);
+    }
+    let formed = Instant::now() + Duration::from_secs(10);
+    while !members.iter().all(|m| m.members().iter().filter(|(x, _)| x.state == State::Alive).count() == 2) {
+        assert!(Instant::now() < formed, "the HTTP cluster did not form");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sub = members[0].subscribe();
+    let killed_at = Instant::now();
+    members[2].kill();
+    servers[2].abort();
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Event::Dead(m)) = sub.recv().await {
+                return (m.id, Instant::now());
+            }
+        }
+    })
+    .await
+    .expect("declared dead over HTTP");
+    assert_eq!(seen.0, "h3");
+    assert!(seen.1 - killed_at <= Duration::from_secs(2), "{:?}", seen.1 - killed_at);
+    // A body that is not a membership packet is refused with the API's error shape.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr(1, port)).await.expect("connect");
+    conn.write_all(
+        b"POST /v1/membership/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
+    )
+    .await
+    .expect("write");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""code":"invalid_request""#), "{answer}");
+    for s in servers {
+        s.abort();
+    }
+}

@@ -310,6 +310,9 @@ impl Swim {
         if self.left {
             return;
         }
+        // Where to send anything but the immediate answer: the sender's own address when we know it (a packet
+        // that came over a stream transport arrives from a temporary address).
+        let home = self.members.get(&packet.from).map_or(from, |m| m.info.addr);
         match packet.msg {
             Msg::Ping { seq } => self.send_with(from, Msg::Ack { seq }, Vec::new(), channel),
             Msg::Ack { seq } => self.on_ack(now, &packet.from, seq, channel),
@@ -325,13 +328,13 @@ impl Swim {
                 }
                 let my_seq = self.next_seq();
                 let timeout = self.direct_timeout(&target).min(Duration::from_millis(u64::from(timeout_ms)));
-                self.relays.insert(my_seq, Relay { origin: from, origin_seq: seq, deadline: now + timeout });
+                self.relays.insert(my_seq, Relay { origin: home, origin_seq: seq, deadline: now + timeout });
                 self.send(target_addr, Msg::Ping { seq: my_seq });
             }
             Msg::Gossip => {}
             Msg::Sync { reply } => {
                 if reply {
-                    self.send_state(from, false);
+                    self.send_state(home, false);
                 }
             }
         }
@@ -407,13 +410,18 @@ impl Swim {
     /// The direct-probe timeout for `target`: where phi of its recent round trips reaches the threshold,
     /// within bounds, stretched by our own health.
     fn direct_timeout(&self, target: &str) -> Duration {
-        let learned = self.members.get(target).filter(|m| m.rtt.len() >= 4).map(|m| {
+        let base = self.members.get(target).map_or(self.cfg.probe_timeout, |m| self.learned_timeout(m));
+        self.scaled(base)
+    }
+
+    /// Where phi of `m`'s recent round trips reaches the threshold, within the configured bounds (the
+    /// configured default until a few round trips were seen).
+    fn learned_timeout(&self, m: &Member) -> Duration {
+        let learned = (m.rtt.len() >= 4).then(|| {
             let min_sd = self.cfg.probe_timeout_min.as_secs_f64() * 1000.0 / 4.0;
             Duration::from_secs_f64(m.rtt.quantile_ms(self.cfg.phi_threshold, min_sd) / 1000.0)
         });
-        let base =
-            learned.unwrap_or(self.cfg.probe_timeout).clamp(self.cfg.probe_timeout_min, self.cfg.probe_timeout_max);
-        self.scaled(base)
+        learned.unwrap_or(self.cfg.probe_timeout).clamp(self.cfg.probe_timeout_min, self.cfg.probe_timeout_max)
     }
 
     fn suspicion_timeout(&self, m: &Member, s: &Suspicion) -> Duration {
@@ -422,7 +430,8 @@ impl Swim {
         let c = (s.confirmations.len().saturating_sub(1) as f64).min(k);
         let (min, max) = (self.cfg.suspicion_min.as_secs_f64(), self.cfg.suspicion_max.as_secs_f64());
         let secs = (max - (max - min) * (c + 1.0).ln() / (k + 1.0).ln()).max(min);
-        // A member that keeps being falsely suspected (flapping) gets more slack each time, up to 4x.
+        // A member that keeps being falsely suspected (flapping) gets more slack each time, up to 4x. (Adding
+        // the peer's round-trip tail here as well was measured: slower detection, no fewer false positives.)
         Duration::from_secs_f64(secs) * (1 + m.flaps.min(3))
     }
 

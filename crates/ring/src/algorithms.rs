@@ -352,7 +352,7 @@ fn fill_distinct(out: &mut Vec<u32>, r: usize, n: u32, mut probe: impl FnMut(u64
 const MAGLEV_MIN_TABLE: u64 = 65_537;
 
 fn next_prime(mut n: u64) -> u64 {
-    let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
     while !is_prime(n) {
         n += 1;
     }

@@ -1,0 +1,238 @@
+//! A node's settings: from flags, `RAMPART_*` environment variables and an optional TOML file, validated
+//! into a [`NodeConfig`] with errors that name the setting.
+//!
+//! Precedence: a flag beats the environment, which beats the file, which beats the default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings as they come in: every field optional, so that sources can be layered.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub id: Option<String>,
+    pub http: Option<String>,
+    pub peer: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub initial_cluster: Option<String>,
+    pub join: Option<String>,
+    pub zone: Option<String>,
+    pub weight: Option<u32>,
+    pub partitions: Option<u32>,
+    pub replicas: Option<u32>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_ms: Option<u64>,
+}
+
+impl RawConfig {
+    /// Fills the fields `self` lacks from `lower` (a source of lower precedence).
+    pub fn or(self, lower: RawConfig) -> RawConfig {
+        RawConfig {
+            id: self.id.or(lower.id),
+            http: self.http.or(lower.http),
+            peer: self.peer.or(lower.peer),
+            data_dir: self.data_dir.or(lower.data_dir),
+            initial_cluster: self.initial_cluster.or(lower.initial_cluster),
+            join: self.join.or(lower.join),
+            zone: self.zone.or(lower.zone),
+            weight: self.weight.or(lower.weight),
+            partitions: self.partitions.or(lower.partitions),
+            replicas: self.replicas.or(lower.replicas),
+            heartbeat_ms: self.heartbeat_ms.or(lower.heartbeat_ms),
+            election_timeout_ms: self.election_timeout_ms.or(lower.election_timeout_ms),
+        }
+    }
+
+    /// Parses a TOML settings file.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
+    }
+}
+
+/// How a node finds its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The founding members, by id and peer address (this node among them).
+    Initial(BTreeMap<String, SocketAddr>),
+    /// Join a running cluster through this member's peer address.
+    Join(SocketAddr),
+}
+
+/// Validated settings of one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    pub id: String,
+    /// The HTTP API.
+    pub http: SocketAddr,
+    /// Raft and internal RPC over TCP; membership over UDP on the same port number.
+    pub peer: SocketAddr,
+    pub data_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub zone: String,
+    pub weight: u32,
+    /// Fixed when the cluster is created.
+    pub partitions: u32,
+    pub replicas: u32,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+}
+
+/// A setting is missing or out of range. Nothing was started.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("missing setting {0} (flag --{1}, env RAMPART_{2})")]
+    Missing(&'static str, &'static str, &'static str),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("invalid settings file: {0}")]
+    File(String),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+fn addr(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| invalid(field, format!("{value:?} is not an address like 127.0.0.1:7101")))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl NodeConfig {
+    pub fn from_raw(raw: RawConfig) -> Result<NodeConfig, ConfigError> {
+        let id = raw.id.ok_or(ConfigError::Missing("id", "id", "ID"))?;
+        if !valid_id(&id) {
+            return Err(invalid("id", "use 1 to 64 ASCII letters, digits, '-', '_' or '.'"));
+        }
+        let http = addr("http", &raw.http.ok_or(ConfigError::Missing("http", "http", "HTTP"))?)?;
+        let peer = addr("peer", &raw.peer.ok_or(ConfigError::Missing("peer", "peer", "PEER"))?)?;
+        if http == peer {
+            return Err(invalid("peer", "must differ from the HTTP address"));
+        }
+        let data_dir = raw.data_dir.ok_or(ConfigError::Missing("data_dir", "data-dir", "DATA_DIR"))?;
+        let bootstrap = match (raw.initial_cluster, raw.join) {
+            (Some(_), Some(_)) => return Err(invalid("join", "give either --initial-cluster or --join, not both")),
+            (None, None) => {
+                return Err(ConfigError::Missing("initial_cluster or join", "initial-cluster", "INITIAL_CLUSTER"))
+            }
+            (None, Some(j)) => Bootstrap::Join(addr("join", &j)?),
+            (Some(list), None) => {
+                let mut members = BTreeMap::new();
+                for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let (name, a) = item
+                        .split_once('=')
+                        .ok_or_else(|| invalid("initial_cluster", format!("{item:?} is not id=host:port")))?;
+                    if !valid_id(name) {
+                        return Err(invalid("initial_cluster", format!("bad member id {name:?}")));
+                    }
+                    if members.insert(name.to_owned(), addr("initial_cluster", a)?).is_some() {
+                        return Err(invalid("initial_cluster", format!("{name} is listed twice")));
+                    }
+                }
+                match members.get(&id) {
+                    None => return Err(invalid("initial_cluster", format!("does not list this node ({id})"))),
+                    Some(a) if *a != peer => {
+                        return Err(invalid("initial_cluster", format!("lists {id} at {a}, but --peer is {peer}")))
+                    }
+                    Some(_) => {}
+                }
+                Bootstrap::Initial(members)
+            }
+        };
+        let zone = raw.zone.unwrap_or_else(|| "default".into());
+        if !valid_id(&zone) {
+            return Err(invalid("zone", "use 1 to 64 ASCII letters, digits, '-', '_' or '.'"));
+        }
+        let weight = raw.weight.unwrap_or(100);
+        if !(1..=100_000).contains(&weight) {
+            return Err(invalid("weight", "use 1 to 100000"));
+        }
+        let partitions = raw.partitions.unwrap_or(64);
+        if !(1..=4096).contains(&partitions) {
+            return Err(invalid("partitions", "use 1 to 4096"));
+        }
+        let replicas = raw.replicas.unwrap_or(3);
+        if !(1..=7).contains(&replicas) {
+            return Err(invalid("replicas", "use 1 to 7"));
+        }
+        let heartbeat = Duration::from_millis(raw.heartbeat_ms.unwrap_or(50));
+        let election_timeout = Duration::from_millis(raw.election_timeout_ms.unwrap_or(300));
+        if heartbeat.is_zero() || heartbeat > Duration::from_secs(10) {
+            return Err(invalid("heartbeat_ms", "use 1 to 10000"));
+        }
+        if election_timeout < heartbeat * 3 || election_timeout > Duration::from_secs(60) {
+            return Err(invalid("election_timeout_ms", "use at least 3 heartbeats and at most 60000"));
+        }
+        Ok(NodeConfig {
+            id,
+            http,
+            peer,
+            data_dir,
+            bootstrap,
+            zone,
+            weight,
+            partitions,
+            replicas,
+            heartbeat,
+            election_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig {
+            id: Some("n1".into()),
+            http: Some("127.0.0.1:7101".into()),
+            peer: Some("127.0.0.1:7201".into()),
+            data_dir: Some("/tmp/n1".into()),
+            initial_cluster: Some("n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203".into()),
+            ..RawConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_complete_config_validates_with_defaults() {
+        let c = NodeConfig::from_raw(raw()).unwrap();
+        assert_eq!(c.partitions, 64);
+        assert_eq!(c.replicas, 3);
+        assert!(matches!(&c.bootstrap, Bootstrap::Initial(m) if m.len() == 3));
+    }
+
+    #[test]
+    fn layering_prefers_the_higher_source() {
+        let file = RawConfig::from_toml("id = \"file\"\npartitions = 128\nzone = \"z1\"\n").unwrap();
+        let flags = RawConfig { id: Some("flag".into()), ..RawConfig::default() };
+        let merged = flags.or(file);
+        assert_eq!(merged.id.as_deref(), Some("flag"));
+        assert_eq!(merged.partitions, Some(128));
+        assert!(RawConfig::from_toml("nonsense = 1").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases: Vec<(RawConfig, &str)> = vec![
+            (RawConfig { id: None, ..raw() }, "id"),
+            (RawConfig { http: Some("nowhere".into()), ..raw() }, "http"),
+            (RawConfig { peer: Some("127.0.0.1:7101".into()), ..raw() }, "peer"),
+            (RawConfig { initial_cluster: Some("n2=127.0.0.1:7202".into()), ..raw() }, "initial_cluster"),
+            (RawConfig { initial_cluster: Some("n1=127.0.0.1:9999".into()), ..raw() }, "initial_cluster"),
+            (RawConfig { join: Some("127.0.0.1:7202".into()), ..raw() }, "join"),
+            (RawConfig { partitions: Some(0), ..raw() }, "partitions"),
+            (RawConfig { heartbeat_ms: Some(200), election_timeout_ms: Some(300), ..raw() }, "election_timeout_ms"),
+        ];
+        for (r, field) in cases {
+            let err = NodeConfig::from_raw(r).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} does not name {field}");
+        }
+    }
+}

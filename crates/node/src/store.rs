@@ -1,0 +1,533 @@
+//! Durable storage for every partition's Raft log and state machine, in one redb database per node.
+//!
+//! **Durability contract** (openraft's, honoured exactly): a vote or an appended entry is reported saved only
+//! after the redb transaction holding it committed with `Durability::Immediate` (fsync); the state machine's
+//! `last_applied` and membership are written in the same transaction as the changes they describe.
+//!
+//! **Group commit:** all partitions share one writer thread. It takes every write waiting in its queue (up to
+//! [`BATCH_MAX`]), applies them in one transaction and commits once, so one fsync covers many groups' appends,
+//! votes and applies; then it wakes every waiter. A failed commit fails every write in that batch (nothing of
+//! it is visible), and openraft stops the group rather than run on a log it cannot trust.
+//!
+//! **Integrity:** every stored value carries a CRC-32 of its bytes; a value that fails it is reported as
+//! corrupt (an `InvalidData` error naming the group and key), never decoded.
+
+use std::fmt::Debug;
+use std::io::{self, Cursor};
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::{
+    EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
+};
+use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::types::{Command, CommandResult, GroupId, TypeConfig};
+
+/// The most writes one transaction (one fsync) takes.
+pub const BATCH_MAX: usize = 1024;
+
+const LOGS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("raft_meta");
+const KV: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("kv");
+
+type C = TypeConfig;
+type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Prefixes `bytes` with their CRC-32.
+fn seal(bytes: &[u8]) -> Vec<u8> {
+    let mut out = crc32fast::hash(bytes).to_le_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Checks and strips the CRC-32 prefix.
+fn unseal<'a>(bytes: &'a [u8], what: &dyn Fn() -> String) -> io::Result<&'a [u8]> {
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, format!("corrupt stored value: {}", what()));
+    if bytes.len() < 4 {
+        return Err(corrupt());
+    }
+    let (sum, body) = bytes.split_at(4);
+    if u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]) != crc32fast::hash(body) {
+        return Err(corrupt());
+    }
+    Ok(body)
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(value).map(|b| seal(&b)).map_err(other)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &dyn Fn() -> String) -> io::Result<T> {
+    postcard::from_bytes(unseal(bytes, what)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", what())))
+}
+
+/// One node's database and its group-commit writer.
+#[derive(Debug)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: Option<std_mpsc::Sender<(Write, oneshot::Sender<io::Result<()>>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    /// Closes the queue and waits for the writer to finish what it took, so the file is released when the
+    /// last handle goes.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and starts the writer thread.
+    pub fn open(path: &Path) -> io::Result<Arc<Store>> {
+        let db = Arc::new(Database::create(path).map_err(other)?);
+        {
+            // Create the tables up front so readers never see them missing.
+            let txn = db.begin_write().map_err(other)?;
+            txn.open_table(LOGS).map_err(other)?;
+            txn.open_table(META).map_err(other)?;
+            txn.open_table(KV).map_err(other)?;
+            txn.commit().map_err(other)?;
+        }
+        let (tx, rx) = std_mpsc::channel::<(Write, oneshot::Sender<io::Result<()>>)>();
+        let writer_db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("rampart-store-writer".into())
+            .spawn(move || write_loop(&writer_db, &rx))?;
+        Ok(Arc::new(Store { db, writer: Some(tx), thread: Some(thread) }))
+    }
+
+    /// Runs `write` in the next group commit and waits until it is durable.
+    async fn write(&self, write: Write) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
+        writer.send((write, tx)).map_err(|_| other("the storage writer has stopped"))?;
+        rx.await.map_err(|_| other("the storage writer has stopped"))?
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, group: GroupId, key: &str) -> io::Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(other)?;
+        let table = txn.open_table(META).map_err(other)?;
+        match table.get((group, key)).map_err(other)? {
+            Some(v) => decode(v.value(), &|| format!("group {group} {key}")).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The log store of one partition group.
+    pub fn log(self: &Arc<Self>, group: GroupId) -> LogStore {
+        LogStore { store: self.clone(), group }
+    }
+
+    /// The state machine of one partition group.
+    pub fn state_machine(self: &Arc<Self>, group: GroupId) -> StateMachine {
+        StateMachine { store: self.clone(), group }
+    }
+
+    /// Reads one key of a group's state machine (the caller ensures the read is linearizable).
+    pub fn get(&self, group: GroupId, key: &str) -> io::Result<Option<String>> {
+        let txn = self.db.begin_read().map_err(other)?;
+        let table = txn.open_table(KV).map_err(other)?;
+        match table.get((group, key)).map_err(other)? {
+            Some(v) => decode(v.value(), &|| format!("group {group} key {key}")).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn write_loop(db: &Database, rx: &std_mpsc::Receiver<(Write, oneshot::Sender<io::Result<()>>)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+        let result = (|| {
+            let txn = db.begin_write().map_err(other)?;
+            for w in writes {
+                w(&txn)?;
+            }
+            txn.commit().map_err(other)
+        })();
+        for waiter in waiters {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            // A waiter that gave up is not an error.
+            let _ = waiter.send(r);
+        }
+    }
+}
+
+fn bounds(group: GroupId, range: impl RangeBounds<u64>) -> Option<((u32, u64), (u32, u64))> {
+    let lo = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    (lo <= hi).then_some(((group, lo), (group, hi)))
+}
+
+/// One partition's Raft log.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    store: Arc<Store>,
+    group: GroupId,
+}
+
+impl LogStore {
+    fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<EntryOf<C>>> {
+        let Some((lo, hi)) = bounds(self.group, range) else { return Ok(Vec::new()) };
+        let txn = self.store.db.begin_read().map_err(other)?;
+        let table = txn.open_table(LOGS).map_err(other)?;
+        let mut out = Vec::new();
+        for item in table.range(lo..=hi).map_err(other)? {
+            let (k, v) = item.map_err(other)?;
+            let (g, i) = k.value();
+            out.push(decode(v.value(), &|| format!("group {g} log entry {i}"))?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry(&self) -> io::Result<Option<EntryOf<C>>> {
+        let txn = self.store.db.begin_read().map_err(other)?;
+        let table = txn.open_table(LOGS).map_err(other)?;
+        let last = table.range((self.group, 0)..=(self.group, u64::MAX)).map_err(other)?.next_back();
+        match last {
+            Some(item) => {
+                let (k, v) = item.map_err(other)?;
+                let (g, i) = k.value();
+                decode(v.value(), &|| format!("group {g} log entry {i}")).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {
+        let bytes = encode(value)?;
+        let group = self.group;
+        self.store
+            .write(Box::new(move |txn| {
+                txn.open_table(META).map_err(other)?.insert((group, key), bytes.as_slice()).map_err(other)?;
+                Ok(())
+            }))
+            .await
+    }
+
+    /// Deletes the entries of this group with index in `lo..=hi`.
+    async fn delete_range(&self, lo: u64, hi: u64) -> io::Result<()> {
+        let group = self.group;
+        self.store
+            .write(Box::new(move |txn| {
+                let mut table = txn.open_table(LOGS).map_err(other)?;
+                let keys: Vec<u64> = table
+                    .range((group, lo)..=(group, hi))
+                    .map_err(other)?
+                    .map(|item| item.map(|(k, _)| k.value().1).map_err(other))
+                    .collect::<io::Result<_>>()?;
+                for i in keys {
+                    table.remove((group, i)).map_err(other)?;
+                }
+                Ok(())
+            }))
+            .await
+    }
+}
+
+impl RaftLogReader<C> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<EntryOf<C>>, io::Error> {
+        self.entries(range)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        self.store.read_meta(self.group, "vote")
+    }
+}
+
+impl RaftLogStorage<C> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let purged: Option<LogIdOf<C>> = self.store.read_meta(self.group, "purged")?;
+        let last = self.last_entry()?.map(|e| e.log_id()).or(purged);
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        self.put_meta("vote", vote).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        self.put_meta("committed", &committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self.store.read_meta::<Option<LogIdOf<C>>>(self.group, "committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = EntryOf<C>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows: Vec<(u64, Vec<u8>)> =
+            match entries.into_iter().map(|e| Ok((e.index(), encode(&e)?))).collect::<io::Result<_>>() {
+                Ok(rows) => rows,
+                Err(e) => {
+                    callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            };
+        let group = self.group;
+        let result = self
+            .store
+            .write(Box::new(move |txn| {
+                let mut table = txn.open_table(LOGS).map_err(other)?;
+                for (i, bytes) in &rows {
+                    table.insert((group, *i), bytes.as_slice()).map_err(other)?;
+                }
+                Ok(())
+            }))
+            .await;
+        // Reported only now: the transaction holding the entries has been fsynced.
+        match result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index() + 1);
+        self.delete_range(from, u64::MAX).await
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        // Record the purge point first: a crash between the two leaves entries that are merely unused.
+        self.put_meta("purged", &log_id).await?;
+        self.delete_range(0, log_id.index()).await
+    }
+}
+
+/// A snapshot's contents: the state machine of one group at `meta.last_log_id`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBlob {
+    kv: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMetaOf<C>,
+    data: Vec<u8>,
+}
+
+/// One partition's state machine.
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    store: Arc<Store>,
+    group: GroupId,
+}
+
+impl StateMachine {
+    fn membership(&self) -> io::Result<StoredMembershipOf<C>> {
+        Ok(self.store.read_meta(self.group, "membership")?.unwrap_or_default())
+    }
+
+    fn applied(&self) -> io::Result<Option<LogIdOf<C>>> {
+        Ok(self.store.read_meta::<Option<LogIdOf<C>>>(self.group, "applied")?.flatten())
+    }
+}
+
+impl RaftSnapshotBuilder<C> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
+        let group = self.group;
+        // One read transaction: the contents, applied index and membership are of the same moment.
+        let (blob, applied, membership) = {
+            let txn = self.store.db.begin_read().map_err(other)?;
+            let kv_table = txn.open_table(KV).map_err(other)?;
+            let mut kv = Vec::new();
+            for item in kv_table.range((group, "")..).map_err(other)? {
+                let (k, v) = item.map_err(other)?;
+                let (g, key) = k.value();
+                if g != group {
+                    break;
+                }
+                kv.push((key.to_owned(), decode::<String>(v.value(), &|| format!("group {g} key {key}"))?));
+            }
+            let meta = txn.open_table(META).map_err(other)?;
+            let read = |key: &str| -> io::Result<Option<Vec<u8>>> {
+                Ok(meta.get((group, key)).map_err(other)?.map(|v| v.value().to_vec()))
+            };
+            let applied: Option<LogIdOf<C>> = match read("applied")? {
+                Some(b) => decode::<Option<LogIdOf<C>>>(&b, &|| format!("group {group} applied"))?,
+                None => None,
+            };
+            let membership: StoredMembershipOf<C> = match read("membership")? {
+                Some(b) => decode(&b, &|| format!("group {group} membership"))?,
+                None => StoredMembership::default(),
+            };
+            (SnapshotBlob { kv }, applied, membership)
+        };
+        let data = postcard::to_allocvec(&blob).map_err(other)?;
+        let meta = SnapshotMetaOf::<C> { last_log_id: applied, last_membership: membership };
+        let stored = encode(&StoredSnapshot { meta: meta.clone(), data: data.clone() })?;
+        self.store
+            .write(Box::new(move |txn| {
+                txn.open_table(META).map_err(other)?.insert((group, "snapshot"), stored.as_slice()).map_err(other)?;
+                Ok(())
+            }))
+            .await?;
+        Ok(SnapshotOf::<C, Self::SnapshotData> { meta, snapshot: Cursor::new(data) })
+    }
+}
+
+impl RaftStateMachine<C> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
+        Ok((self.applied()?, self.membership()?))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures_util::Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.next().await {
+            batch.push(item?);
+        }
+        let Some((last, _)) = batch.last() else { return Ok(()) };
+        let last = last.log_id();
+        let mut membership = None;
+        let mut changes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for (entry, _) in &batch {
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(Command::Put { key, value }) => changes.push((key.clone(), Some(encode(value)?))),
+                EntryPayload::Normal(Command::Delete { key }) => changes.push((key.clone(), None)),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()))
+                }
+            }
+        }
+        let group = self.group;
+        let applied = encode(&Some(last))?;
+        let membership = membership.map(|m| encode(&m)).transpose()?;
+        // The changes, `last_applied` and the membership in one transaction.
+        self.store
+            .write(Box::new(move |txn| {
+                let mut kv = txn.open_table(KV).map_err(other)?;
+                for (key, value) in &changes {
+                    match value {
+                        Some(v) => kv.insert((group, key.as_str()), v.as_slice()).map_err(other)?,
+                        None => kv.remove((group, key.as_str())).map_err(other)?,
+                    };
+                }
+                let mut meta = txn.open_table(META).map_err(other)?;
+                meta.insert((group, "applied"), applied.as_slice()).map_err(other)?;
+                if let Some(m) = &membership {
+                    meta.insert((group, "membership"), m.as_slice()).map_err(other)?;
+                }
+                Ok(())
+            }))
+            .await?;
+        for (entry, responder) in batch {
+            if let Some(r) = responder {
+                r.send(CommandResult { index: entry.index() });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<C>,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let blob: SnapshotBlob = postcard::from_bytes(&data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))?;
+        let group = self.group;
+        let applied = encode(&meta.last_log_id)?;
+        let membership = encode(&meta.last_membership)?;
+        let stored = encode(&StoredSnapshot { meta: meta.clone(), data })?;
+        let rows: Vec<(String, Vec<u8>)> =
+            blob.kv.iter().map(|(k, v)| Ok((k.clone(), encode(v)?))).collect::<io::Result<_>>()?;
+        self.store
+            .write(Box::new(move |txn| {
+                let mut kv = txn.open_table(KV).map_err(other)?;
+                let mut old: Vec<String> = Vec::new();
+                for item in kv.range((group, "")..).map_err(other)? {
+                    let (k, _) = item.map_err(other)?;
+                    let (g, key) = k.value();
+                    if g != group {
+                        break;
+                    }
+                    old.push(key.to_owned());
+                }
+                for key in old {
+                    kv.remove((group, key.as_str())).map_err(other)?;
+                }
+                for (key, value) in &rows {
+                    kv.insert((group, key.as_str()), value.as_slice()).map_err(other)?;
+                }
+                let mut m = txn.open_table(META).map_err(other)?;
+                m.insert((group, "applied"), applied.as_slice()).map_err(other)?;
+                m.insert((group, "membership"), membership.as_slice()).map_err(other)?;
+                m.insert((group, "snapshot"), stored.as_slice()).map_err(other)?;
+                Ok(())
+            }))
+            .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
+        let stored: Option<StoredSnapshot> = self.store.read_meta(self.group, "snapshot")?;
+        Ok(stored.map(|s| SnapshotOf::<C, Cursor<Vec<u8>>> { meta: s.meta, snapshot: Cursor::new(s.data) }))
+    }
+}

@@ -54,7 +54,7 @@ struct StreamIn {
 #[derive(Clone, Debug)]
 enum Net {
     Udp(Arc<UdpSocket>),
-    Http(http::Client),
+    Http(Box<http::Client>),
 }
 
 enum Command {
@@ -111,7 +111,7 @@ impl Membership {
         let config = Config { tcp_fallback: false, ..config };
         config.validate()?;
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
-        Ok(Self::launch(config, id, http_addr, meta, seeds, Net::Http(http::Client::new()), stream_tx, stream_rx, None))
+        Ok(Self::launch(config, id, http_addr, meta, seeds, Net::Http(Box::default()), stream_tx, stream_rx, None))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -302,7 +302,7 @@ impl Driver {
                 tokio::spawn(stream_probe(t.to, t.bytes, self.stream_tx.clone()));
             }
             (Net::Http(client), channel) => {
-                tokio::spawn(client.clone().post(t.to, t.bytes, channel, self.stream_tx.clone()));
+                tokio::spawn(client.as_ref().clone().post(t.to, t.bytes, channel, self.stream_tx.clone()));
             }
         }
     }

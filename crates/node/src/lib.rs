@@ -9,6 +9,27 @@
 //! - `last_applied` is written in the same transaction as the state it describes.
 //! - Every stored value is checksummed; a corrupt value is an error, never data.
 
+pub mod api;
 pub mod config;
+pub mod network;
+pub mod node;
 pub mod store;
 pub mod types;
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// Runs a node until `shutdown` resolves: starts it, serves the HTTP API on `--http`, then stops accepting,
+/// lets in-flight requests finish, and stops every Raft group (flushing storage).
+pub async fn run(
+    config: config::NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), node::StartError> {
+    let http = config.http;
+    let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| node::StartError::Bind(http, e))?;
+    let node = node::Node::start(config).await?;
+    tracing::info!("node {} serving HTTP on {http}, peers on {}", node.config.id, node.config.peer);
+    let served = axum::serve(listener, api::router(Arc::clone(&node))).with_graceful_shutdown(shutdown).await;
+    node.shutdown().await;
+    served.map_err(|e| node::StartError::Bind(http, e))
+}

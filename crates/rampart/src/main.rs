@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod detect_cmd;
 mod output;
 mod ring_cmd;
+mod serve_cmd;
 
 /// Rampart: a highly available, disaster-tolerant trading core.
 #[derive(Debug, Parser)]
@@ -26,6 +27,8 @@ enum Command {
         #[command(subcommand)]
         command: ring_cmd::RingCommand,
     },
+    /// Runs one node: the HTTP API on --http, Raft and internal RPC on --peer.
+    Serve(serve_cmd::ServeArgs),
     /// Failure-detection tools: the deterministic detector simulator.
     Detect {
         #[command(subcommand)]
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ring { command } => ring_cmd::run(command),
         Command::Detect { command } => detect_cmd::run(command),
+        Command::Serve(args) => serve_cmd::run(args),
     };
     match result {
         Ok(code) => code,

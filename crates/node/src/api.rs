@@ -1,0 +1,162 @@
+//! The HTTP API every node serves (the parts built so far): health, readiness, metrics, the cluster view and
+//! the replicated key-value store. Errors are `{"error": {"code", "message"}}`; a write to a partition without
+//! a leader answers 503 `unavailable` with `Retry-After`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use openraft::type_config::async_runtime::WatchReceiver as _;
+use openraft::ServerState;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::node::{Node, RequestError};
+use crate::types::Command;
+
+/// The largest request body accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// The longest key, in bytes.
+pub const MAX_KEY: usize = 256;
+/// The longest value, in bytes.
+pub const MAX_VALUE: usize = 16 * 1024;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/kv/{key}", get(kv_get).put(kv_put))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST))
+        .with_state(node)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = Json(json!({"error": {"code": code, "message": message.into()}}));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        (status, [(header::RETRY_AFTER, "1")], body).into_response()
+    } else {
+        (status, body).into_response()
+    }
+}
+
+fn request_error(e: RequestError) -> Response {
+    match e {
+        RequestError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        RequestError::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// The error answer for a key out of range, if it is.
+fn bad_key(key: &str) -> Option<Response> {
+    (key.is_empty() || key.len() > MAX_KEY || key.chars().any(char::is_control)).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("key: 1 to {MAX_KEY} bytes without control characters"),
+        )
+    })
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let leaderless = node.leaderless();
+    if leaderless.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("partitions without a leader: {leaderless:?}"))
+    }
+}
+
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let nodes: Vec<_> = node
+        .peers
+        .nodes()
+        .values()
+        .map(|n| json!({"id": n.id, "addr": n.peer, "zone": node.config.zone, "state": "alive", "phi": 0.0}))
+        .collect();
+    let names = node.peers.nodes();
+    let name = |id: &u64| names.get(id).map(|n| n.id.clone());
+    let partitions: Vec<_> = (0..node.config.partitions)
+        .map(|p| {
+            let m = node.metrics(p);
+            json!({
+                "id": p,
+                "replicas": node.replicas(p).iter().filter_map(name).collect::<Vec<_>>(),
+                "leader": m.as_ref().and_then(|m| m.current_leader.as_ref().and_then(name)),
+                "term": m.as_ref().map(|m| m.current_term),
+            })
+        })
+        .collect();
+    Json(json!({"nodes": nodes, "partitions": partitions, "ring_epoch": node.placement.epoch()})).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(out, "# TYPE rampart_raft_term gauge");
+    let _ = writeln!(out, "# TYPE rampart_raft_last_log_index gauge");
+    let _ = writeln!(out, "# TYPE rampart_raft_last_applied_index gauge");
+    let _ = writeln!(out, "# TYPE rampart_raft_is_leader gauge");
+    for (g, raft) in &node.groups {
+        let m = raft.metrics().borrow_watched().clone();
+        let _ = writeln!(out, "rampart_raft_term{{partition=\"{g}\"}} {}", m.current_term);
+        let _ = writeln!(out, "rampart_raft_last_log_index{{partition=\"{g}\"}} {}", m.last_log_index.unwrap_or(0));
+        let _ = writeln!(
+            out,
+            "rampart_raft_last_applied_index{{partition=\"{g}\"}} {}",
+            m.last_applied.map_or(0, |l| l.index)
+        );
+        let _ =
+            writeln!(out, "rampart_raft_is_leader{{partition=\"{g}\"}} {}", u8::from(m.state == ServerState::Leader));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    value: String,
+    fence: Option<serde_json::Value>,
+}
+
+async fn kv_put(
+    State(node): State<Arc<Node>>,
+    Path(key): Path<String>,
+    body: Result<Json<PutBody>, JsonRejection>,
+) -> Response {
+    if let Some(r) = bad_key(&key) {
+        return r;
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
+    };
+    if body.value.len() > MAX_VALUE {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", format!("value: at most {MAX_VALUE} bytes"));
+    }
+    if body.fence.is_some() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "fence: fenced writes arrive with the lock service");
+    }
+    let group = node.partition_of(&key);
+    match node.write(group, Command::Put { key: key.clone(), value: body.value }).await {
+        Ok(r) => Json(json!({"key": key, "index": r.index})).into_response(),
+        Err(e) => request_error(e),
+    }
+}
+
+async fn kv_get(State(node): State<Arc<Node>>, Path(key): Path<String>) -> Response {
+    if let Some(r) = bad_key(&key) {
+        return r;
+    }
+    let group = node.partition_of(&key);
+    match node.read(group, key.clone()).await {
+        Ok(Some(value)) => Json(json!({"key": key, "value": value})).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no value for key {key:?}")),
+        Err(e) => request_error(e),
+    }
+}

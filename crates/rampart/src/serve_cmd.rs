@@ -1,0 +1,94 @@
+//! `rampart serve`: one node, in the foreground, until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use rampart_node::config::{NodeConfig, RawConfig};
+
+/// Settings from flags or `RAMPART_*` environment variables; `--config FILE` supplies the rest (TOML with the
+/// same names in snake case). A flag beats the environment, which beats the file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This node's id, e.g. n1.
+    #[arg(long, env = "RAMPART_ID")]
+    id: Option<String>,
+    /// HTTP API address, e.g. 127.0.0.1:7101.
+    #[arg(long, env = "RAMPART_HTTP")]
+    http: Option<String>,
+    /// Raft and internal RPC address (TCP), e.g. 127.0.0.1:7201.
+    #[arg(long, env = "RAMPART_PEER")]
+    peer: Option<String>,
+    /// Where the node keeps its data.
+    #[arg(long, env = "RAMPART_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The founding members: n1=127.0.0.1:7201,n2=127.0.0.1:7202,...
+    #[arg(long, env = "RAMPART_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// Join a running cluster through this member's peer address (instead of --initial-cluster).
+    #[arg(long, env = "RAMPART_JOIN")]
+    join: Option<String>,
+    /// Failure domain of this node.
+    #[arg(long, env = "RAMPART_ZONE")]
+    zone: Option<String>,
+    /// Partitions (fixed at cluster creation; 1 to 4096, default 64).
+    #[arg(long, env = "RAMPART_PARTITIONS")]
+    partitions: Option<u32>,
+    /// Replicas per partition (1 to 7, default 3).
+    #[arg(long, env = "RAMPART_REPLICAS")]
+    replicas: Option<u32>,
+    /// Raft heartbeat interval in ms (default 50).
+    #[arg(long, env = "RAMPART_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Raft election timeout in ms (default 300; randomised up to twice that).
+    #[arg(long, env = "RAMPART_ELECTION_TIMEOUT_MS")]
+    election_timeout_ms: Option<u64>,
+    /// A TOML settings file.
+    #[arg(long, env = "RAMPART_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            RawConfig::from_toml(&text)?
+        }
+        None => RawConfig::default(),
+    };
+    let flags = RawConfig {
+        id: args.id,
+        http: args.http,
+        peer: args.peer,
+        data_dir: args.data_dir,
+        initial_cluster: args.initial_cluster,
+        join: args.join,
+        zone: args.zone,
+        weight: None,
+        partitions: args.partitions,
+        replicas: args.replicas,
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_ms: args.election_timeout_ms,
+    };
+    let config = NodeConfig::from_raw(flags.or(file))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        };
+        rampart_node::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,179 @@
+//! Real processes: three `rampart serve` nodes on loopback, written to through any node while each node in
+//! turn is killed with SIGKILL and restarted on its data directory. Every acknowledged write must be readable
+//! afterwards, from every node.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A minimal blocking HTTP/1.1 exchange: (status, body), or `None` if the node did not answer.
+fn http(method: &str, addr: SocketAddr, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+struct Cluster {
+    base: u16,
+    dir: tempfile::TempDir,
+    nodes: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn http_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base + i as u16))
+    }
+
+    fn start(&mut self, i: usize) {
+        let initial: Vec<String> = (0..3).map(|j| format!("n{j}=127.0.0.1:{}", self.base + 50 + j)).collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(["serve", "--id", &format!("n{i}")])
+            .args(["--http", &self.http_addr(i).to_string()])
+            .args(["--peer", &format!("127.0.0.1:{}", self.base + 50 + i as u16)])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("n{i}")))
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--partitions", "8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rampart serve starts");
+        self.nodes[i] = Some(child);
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            // std's kill is SIGKILL on Unix: no chance to flush or say goodbye.
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let ready = (0..3)
+                .filter(|&i| self.nodes[i].is_some())
+                .all(|i| matches!(http("GET", self.http_addr(i), "/readyz", None), Some((200, _))));
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not become ready in {timeout:?} (data in {})", self.dir.path().display());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+/// Writes `key` through node `via` (then the others), retrying 503s and refused connections for up to 5 s.
+/// True only when a node acknowledged it with 200.
+fn put(cluster: &Cluster, via: usize, key: &str, value: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = format!(r#"{{"value":"{value}"}}"#);
+    let mut attempt = 0;
+    while Instant::now() < deadline {
+        let node = (via + attempt) % 3;
+        attempt += 1;
+        if cluster.nodes[node].is_none() {
+            continue;
+        }
+        match http("PUT", cluster.http_addr(node), &format!("/v1/kv/{key}"), Some(&body)) {
+            Some((200, _)) => return true,
+            Some((503, _)) | None => std::thread::sleep(Duration::from_millis(20)),
+            Some((status, body)) => panic!("unexpected {status} for {key}: {body}"),
+        }
+    }
+    false
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_of_each_node_in_turn() {
+    let base = 27_100;
+    let mut cluster = Cluster { base, dir: tempfile::TempDir::new().expect("temp dir"), nodes: vec![None, None, None] };
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let mut acked = Vec::new();
+    let mut n = 0;
+    for victim in 0..3 {
+        // Some writes with everyone up, then with the victim dead, then after it came back.
+        for phase in 0..3 {
+            if phase == 1 {
+                cluster.kill9(victim);
+            }
+            if phase == 2 {
+                cluster.start(victim);
+                cluster.wait_ready(Duration::from_secs(20));
+            }
+            for _ in 0..40 {
+                n += 1;
+                let key = format!("k{n}");
+                if put(&cluster, n % 3, &key, &format!("v{n}")) {
+                    acked.push(n);
+                }
+            }
+        }
+    }
+    assert!(acked.len() >= 300, "most writes were acknowledged: {} of {n}", acked.len());
+    // Every acknowledged write is readable from every node.
+    for i in 0..3 {
+        for &k in &acked {
+            let got = http("GET", cluster.http_addr(i), &format!("/v1/kv/k{k}"), None);
+            assert!(
+                matches!(&got, Some((200, body)) if body.contains(&format!(r#""value":"v{k}""#))),
+                "node n{i} lost acknowledged write k{k}: {got:?}"
+            );
+        }
+    }
+    assert!(Path::new(&cluster.dir.path().join("n0").join("rampart.redb")).exists());
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let mut cluster =
+        Cluster { base: 27_400, dir: tempfile::TempDir::new().expect("temp dir"), nodes: vec![None, None, None] };
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let a = cluster.http_addr(0);
+    for (path, body, code) in [
+        ("/v1/kv/x", "not json", "invalid_request"),
+        ("/v1/kv/x", r#"{"value": 5}"#, "invalid_request"),
+        ("/v1/kv/x", r#"{"value":"v","extra":1}"#, "invalid_request"),
+        ("/v1/kv/x", r#"{"value":"v","fence":{"lock":"l","token":1}}"#, "invalid_request"),
+    ] {
+        let (status, answer) = http("PUT", a, path, Some(body)).expect("answer");
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer.contains(code), "{answer}");
+    }
+    let long = format!("/v1/kv/{}", "k".repeat(300));
+    assert_eq!(http("PUT", a, &long, Some(r#"{"value":"v"}"#)).expect("answer").0, 400);
+    assert_eq!(http("GET", a, "/v1/kv/x", None).expect("answer").0, 404, "nothing was written");
+    let (status, body) = http("GET", a, "/v1/cluster", None).expect("answer");
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""partitions""#) && body.contains(r#""leader""#), "{body}");
+    let (status, metrics) = http("GET", a, "/metrics", None).expect("answer");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("rampart_raft_term{partition="), "{metrics}");
+}

@@ -144,7 +144,7 @@ async fn kv_put(
     }
     let group = node.partition_of(&key);
     match node.write(group, Command::Put { key: key.clone(), value: body.value }).await {
-        Ok(r) => Json(json!({"key": key, "index": r.index})).into_response(),
+        Ok(r) => Json(json!({"key": key, "partition": group, "index": r.index})).into_response(),
         Err(e) => request_error(e),
     }
 }

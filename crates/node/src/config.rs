@@ -161,8 +161,8 @@ impl NodeConfig {
         if !(1..=7).contains(&replicas) {
             return Err(invalid("replicas", "use 1 to 7"));
         }
-        let heartbeat = Duration::from_millis(raw.heartbeat_ms.unwrap_or(50));
-        let election_timeout = Duration::from_millis(raw.election_timeout_ms.unwrap_or(300));
+        let heartbeat = Duration::from_millis(raw.heartbeat_ms.unwrap_or(40));
+        let election_timeout = Duration::from_millis(raw.election_timeout_ms.unwrap_or(150));
         if heartbeat.is_zero() || heartbeat > Duration::from_secs(10) {
             return Err(invalid("heartbeat_ms", "use 1 to 10000"));
         }

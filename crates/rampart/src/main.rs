@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_cmd;
 mod detect_cmd;
 mod output;
 mod ring_cmd;
@@ -27,6 +28,8 @@ enum Command {
         #[command(subcommand)]
         command: ring_cmd::RingCommand,
     },
+    /// Load generator: concurrent clients against a running cluster, with throughput and latency percentiles.
+    Bench(bench_cmd::BenchArgs),
     /// Runs one node: the HTTP API on --http, Raft and internal RPC on --peer.
     Serve(serve_cmd::ServeArgs),
     /// Failure-detection tools: the deterministic detector simulator.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Ring { command } => ring_cmd::run(command),
         Command::Detect { command } => detect_cmd::run(command),
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(code) => code,

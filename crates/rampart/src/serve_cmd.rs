@@ -38,10 +38,10 @@ pub struct ServeArgs {
     /// Replicas per partition (1 to 7, default 3).
     #[arg(long, env = "RAMPART_REPLICAS")]
     replicas: Option<u32>,
-    /// Raft heartbeat interval in ms (default 50).
+    /// Raft heartbeat interval in ms (default 40).
     #[arg(long, env = "RAMPART_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
-    /// Raft election timeout in ms (default 300; randomised up to twice that).
+    /// Raft election timeout in ms (default 150; randomised up to twice that).
     #[arg(long, env = "RAMPART_ELECTION_TIMEOUT_MS")]
     election_timeout_ms: Option<u64>,
     /// A TOML settings file.

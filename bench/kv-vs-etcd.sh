@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Durable replicated kv writes: Rampart (3 nodes, loopback) beside etcd (3 members, loopback), in one run.
+# usage: bench/kv-vs-etcd.sh [SECONDS] [CLIENTS...]     e.g. bench/kv-vs-etcd.sh 10 1 16 64
+# Needs the shared peer scripts (../shared/peers): etcd-server from Debian's packages and the peer load generator
+# (built here into /tmp/peer-loadgen; it needs protoc). 256-byte values, 100000 keys, each client sequential.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}; shift || true
+clients=("$@"); [ ${#clients[@]} -gt 0 ] || clients=(1 16 64)
+peers=$(cd ../shared/peers && pwd)
+command -v protoc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler; }
+cargo build --release --quiet --manifest-path "$peers/loadgen/Cargo.toml" --target-dir /tmp/peer-loadgen
+cargo build --release --quiet
+bin=$PWD/target/release/rampart
+etcd_dir=$(mktemp -d); dir=$(mktemp -d)
+ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
+pids=()
+cleanup() { "$peers/etcd-cluster.sh" stop "$etcd_dir" >/dev/null 2>&1 || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir" "$etcd_dir"; }
+trap cleanup EXIT
+
+"$peers/etcd-cluster.sh" start "$etcd_dir"
+for c in "${clients[@]}"; do
+  /tmp/peer-loadgen/release/peer-loadgen etcd-put --endpoints=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 \
+    --concurrency="$c" --duration="$secs" --val-size=256 --key-space=100000
+done
+"$peers/etcd-cluster.sh" stop "$etcd_dir"
+
+for i in 1 2 3; do
+  "$bin" serve --id "n$i" --http "127.0.0.1:710$i" --peer "127.0.0.1:720$i" --data-dir "$dir/n$i" --initial-cluster "$ic" >>"$dir/n$i.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 200); do ok=1; for i in 1 2 3; do curl -sf "127.0.0.1:710$i/readyz" >/dev/null || ok=0; done; [ $ok = 1 ] && break; sleep 0.1; done
+for c in "${clients[@]}"; do
+  "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --clients "$c" --duration-s "$secs" --keys 100000 --value-bytes 256 2>/dev/null
+done

@@ -1,0 +1,188 @@
+//! `rampart bench`: a bounded load generator against a running cluster.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::body::Bytes;
+use axum::http::{header, Request, StatusCode};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// Durable replicated key-value writes (`PUT /v1/kv/{key}`).
+    Kv,
+}
+
+/// Runs --clients concurrent clients for --duration-s seconds (and at most --max-ops requests), each sending
+/// its next request as soon as the last is answered, spread over the --addr nodes. Prints a live progress
+/// line, then throughput, latency percentiles (of acknowledged requests), errors and the longest time without
+/// any acknowledged request.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Node addresses, comma-separated (http://127.0.0.1:7101 or 127.0.0.1:7101).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7101")]
+    addr: Vec<String>,
+    /// What to send (more workloads arrive with the trading core and the lock service).
+    #[arg(long, value_enum, default_value_t = Workload::Kv)]
+    workload: Workload,
+    /// Concurrent clients (1 to 1024).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds to run (1 to 3600).
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Upper bound on requests sent.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_ops: u64,
+    /// Distinct keys written (1 for a single hot key).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Key prefix.
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+    /// Value size in bytes (1 to 16384).
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Shared {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    issued: AtomicU64,
+    hist: Mutex<Histogram<u64>>,
+    last_ok: Mutex<Instant>,
+    max_gap: Mutex<Duration>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if !(1..=1024).contains(&args.clients) || !(1..=3600).contains(&args.duration_s) {
+        bail!("--clients: use 1 to 1024; --duration-s: use 1 to 3600");
+    }
+    if !(1..=16_384).contains(&args.value_bytes) || args.keys == 0 || args.addr.is_empty() {
+        bail!("--value-bytes: use 1 to 16384; --keys: at least 1; --addr: at least one node");
+    }
+    let addrs: Vec<String> =
+        args.addr.iter().map(|a| a.trim().trim_start_matches("http://").trim_end_matches('/').to_owned()).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let shared = Arc::new(Shared {
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        issued: AtomicU64::new(0),
+        hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")?),
+        last_ok: Mutex::new(Instant::now()),
+        max_gap: Mutex::new(Duration::ZERO),
+    });
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_s);
+    runtime.block_on(async {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        let value = "x".repeat(args.value_bytes);
+        let body = Bytes::from(format!(r#"{{"value":"{value}"}}"#));
+        let mut tasks = Vec::new();
+        for c in 0..args.clients {
+            let (client, body, shared) = (client.clone(), body.clone(), shared.clone());
+            let addr = addrs[c % addrs.len()].clone();
+            let (keys, prefix, max_ops) = (args.keys, args.prefix.clone(), args.max_ops);
+            tasks.push(tokio::spawn(async move {
+                let mut seq = c as u64;
+                while Instant::now() < deadline && shared.issued.fetch_add(1, Ordering::Relaxed) < max_ops {
+                    let key = format!("{prefix}-{}", seq % keys);
+                    seq += 7919 * (c as u64 + 1);
+                    let request = Request::put(format!("http://{addr}/v1/kv/{key}"))
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(body.clone()));
+                    let t0 = Instant::now();
+                    let ok = match request {
+                        Ok(r) => match tokio::time::timeout(Duration::from_secs(10), client.request(r)).await {
+                            Ok(Ok(resp)) => {
+                                let status = resp.status();
+                                let _ = resp.into_body().collect().await;
+                                status == StatusCode::OK
+                            }
+                            _ => false,
+                        },
+                        Err(_) => false,
+                    };
+                    if ok {
+                        let now = Instant::now();
+                        shared.ok.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut h) = shared.hist.lock() {
+                            let _ = h.record((now - t0).as_micros().max(1) as u64);
+                        }
+                        if let (Ok(mut last), Ok(mut gap)) = (shared.last_ok.lock(), shared.max_gap.lock()) {
+                            *gap = (*gap).max(now - *last);
+                            *last = now;
+                        }
+                    } else {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        // Back off a little so a leaderless partition is not hammered.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }));
+        }
+        let progress = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let ok = shared.ok.load(Ordering::Relaxed);
+                    eprint!(
+                        "\r{:>4.0}s  {ok:>9} ok  {:>6} errors  {:>7} /s   ",
+                        started.elapsed().as_secs_f64(),
+                        shared.errors.load(Ordering::Relaxed),
+                        ok - last
+                    );
+                    last = ok;
+                }
+            })
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+        progress.abort();
+        eprintln!();
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = shared.ok.load(Ordering::Relaxed);
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let hist = shared.hist.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("histogram poisoned"))?;
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    let gap = shared.max_gap.lock().map(|g| g.as_secs_f64() * 1000.0).unwrap_or_default();
+    let out = if args.json {
+        format!(
+            "{}\n",
+            serde_json::json!({
+                "workload": "kv", "clients": args.clients, "duration_s": elapsed, "ok": ok,
+                "throughput_per_s": ok as f64 / elapsed, "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
+                "max_ms": hist.max() as f64 / 1000.0, "errors": errors, "longest_gap_ms": gap,
+            })
+        )
+    } else {
+        format!(
+            "kv  clients={}  {ok} ok in {elapsed:.1} s = {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  errors {errors}  longest gap {gap:.0} ms\n",
+            args.clients,
+            ok as f64 / elapsed,
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            hist.max() as f64 / 1000.0
+        )
+    };
+    crate::output::print(&out)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -27,6 +27,10 @@ pub async fn run(
 ) -> Result<(), node::StartError> {
     let http = config.http;
     let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| node::StartError::Bind(http, e))?;
+    // Small request/response exchanges: Nagle's algorithm with delayed ACKs would add tens of milliseconds.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let node = node::Node::start(config).await?;
     tracing::info!("node {} serving HTTP on {http}, peers on {}", node.config.id, node.config.peer);
     let served = axum::serve(listener, api::router(Arc::clone(&node))).with_graceful_shutdown(shutdown).await;

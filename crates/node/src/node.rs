@@ -127,6 +127,9 @@ impl Node {
         }
         let node = Arc::new(Node { config, me, placement, store, peers, groups, server: std::sync::Mutex::new(None) });
         let listener = TcpListener::bind(node.config.peer).await.map_err(|e| StartError::Bind(node.config.peer, e))?;
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let app = peer_router(node.clone());
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -53,7 +53,11 @@ struct StreamIn {
 /// How packets leave this member.
 #[derive(Clone, Debug)]
 enum Net {
+    /// UDP datagrams; the fallback probe over TCP on the same port number.
     Udp(Arc<UdpSocket>),
+    /// UDP datagrams; the fallback probe over HTTP to the same port number (where a node serves its peer RPC).
+    UdpHttp(Arc<UdpSocket>, Box<http::Client>),
+    /// Everything over HTTP.
     Http(Box<http::Client>),
 }
 
@@ -96,6 +100,22 @@ impl Membership {
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
         let listener = tokio::spawn(accept_loop(tcp, stream_tx.clone()));
         Ok(Self::launch(config, id, addr, meta, seeds, Net::Udp(Arc::new(udp)), stream_tx, stream_rx, Some(listener)))
+    }
+
+    /// Binds UDP on `addr` only and sends the fallback probe over HTTP to the same address: for a node whose
+    /// peer RPC server owns the TCP port and serves [`http::router`] there.
+    pub async fn start_udp_http_fallback(
+        config: Config,
+        id: String,
+        addr: SocketAddr,
+        meta: Meta,
+        seeds: Vec<SocketAddr>,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let udp = UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+        let net = Net::UdpHttp(Arc::new(udp), Box::default());
+        Ok(Self::launch(config, id, addr, meta, seeds, net, stream_tx, stream_rx, None))
     }
 
     /// Starts the member `id` on the HTTP transport: `http_addr` is where this node serves [`http::router`]
@@ -222,7 +242,7 @@ impl Driver {
             let deadline = self.swim.poll_timeout();
             let sleep = tokio::time::sleep_until((self.origin + deadline).into());
             let udp = match &self.net {
-                Net::Udp(u) => Some(u.clone()),
+                Net::Udp(u) | Net::UdpHttp(u, _) => Some(u.clone()),
                 Net::Http(_) => None,
             };
             let recv = async {
@@ -293,7 +313,7 @@ impl Driver {
             return;
         }
         match (&self.net, t.channel) {
-            (Net::Udp(udp), Channel::Datagram) => {
+            (Net::Udp(udp) | Net::UdpHttp(udp, _), Channel::Datagram) => {
                 if let Err(e) = udp.send_to(&t.bytes, t.to).await {
                     tracing::trace!("udp send to {}: {e}", t.to);
                 }
@@ -301,7 +321,7 @@ impl Driver {
             (Net::Udp(_), Channel::Stream) => {
                 tokio::spawn(stream_probe(t.to, t.bytes, self.stream_tx.clone()));
             }
-            (Net::Http(client), channel) => {
+            (Net::UdpHttp(_, client) | Net::Http(client), channel) => {
                 tokio::spawn(client.as_ref().clone().post(t.to, t.bytes, channel, self.stream_tx.clone()));
             }
         }

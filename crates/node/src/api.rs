@@ -74,11 +74,24 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let seen = node.membership.members();
     let nodes: Vec<_> = node
         .peers
         .nodes()
         .values()
-        .map(|n| json!({"id": n.id, "addr": n.peer, "zone": node.config.zone, "state": "alive", "phi": 0.0}))
+        .map(|n| {
+            if n.id == node.config.id {
+                return json!({"id": n.id, "addr": n.peer, "http": node.config.http.to_string(), "zone": node.config.zone, "state": "alive", "phi": 0.0});
+            }
+            match seen.iter().find(|(m, _)| m.id == n.id) {
+                Some((m, phi)) => json!({
+                    "id": n.id, "addr": n.peer, "http": m.meta.http, "zone": m.meta.zone,
+                    "state": format!("{:?}", m.state).to_lowercase(), "phi": (phi * 100.0).round() / 100.0,
+                }),
+                // Not heard of yet: it has not joined the membership (or is down since this node started).
+                None => json!({"id": n.id, "addr": n.peer, "http": null, "zone": null, "state": "suspect", "phi": null}),
+            }
+        })
         .collect();
     let names = node.peers.nodes();
     let name = |id: &u64| names.get(id).map(|n| n.id.clone());

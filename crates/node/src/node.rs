@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use rampart_membership::{Config as MembershipConfig, Meta, Profile};
+use rampart_membership_net::Membership;
+
 use crate::config::{Bootstrap, NodeConfig};
 use crate::network::{GroupNetwork, Peers, SnapshotRpc, MAX_BODY};
 use crate::store::{StateMachine, Store};
@@ -66,6 +69,8 @@ pub struct Node {
     pub store: Arc<Store>,
     pub peers: Peers,
     pub groups: BTreeMap<GroupId, GroupRaft>,
+    /// Failure detection: UDP on the peer port number, fallback probes over HTTP to the peer RPC server.
+    pub membership: Arc<Membership>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -125,7 +130,25 @@ impl Node {
             }
             groups.insert(p, raft);
         }
-        let node = Arc::new(Node { config, me, placement, store, peers, groups, server: std::sync::Mutex::new(None) });
+        let seeds: Vec<std::net::SocketAddr> =
+            members.iter().filter(|(id, _)| **id != config.id).map(|(_, addr)| *addr).collect();
+        let meta = Meta { http: Some(config.http.to_string()), zone: config.zone.clone(), weight: config.weight };
+        let membership_config = MembershipConfig { seed: me, ..MembershipConfig::profile(Profile::Lan) };
+        let membership = Arc::new(
+            Membership::start_udp_http_fallback(membership_config, config.id.clone(), config.peer, meta, seeds)
+                .await
+                .map_err(|e| StartError::Raft(format!("membership: {e}")))?,
+        );
+        let node = Arc::new(Node {
+            config,
+            me,
+            placement,
+            store,
+            peers,
+            groups,
+            membership,
+            server: std::sync::Mutex::new(None),
+        });
         let listener = TcpListener::bind(node.config.peer).await.map_err(|e| StartError::Bind(node.config.peer, e))?;
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -232,8 +255,9 @@ impl Node {
         }
     }
 
-    /// Stops every group and the peer server.
+    /// Leaves the cluster's membership, then stops every group and the peer server.
     pub async fn shutdown(&self) {
+        self.membership.leave().await;
         for raft in self.groups.values() {
             let _ = raft.shutdown().await;
         }
@@ -293,7 +317,8 @@ fn peer_router(node: Arc<Node>) -> Router {
         .route("/raft/{group}/{op}", post(raft_rpc))
         .route("/internal/{group}", post(forwarded))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(rampart_membership_net::http::router(node.membership.clone()))
 }
 
 async fn raft_rpc(State(node): State<Arc<Node>>, Path((group, op)): Path<(GroupId, String)>, body: Bytes) -> Response {

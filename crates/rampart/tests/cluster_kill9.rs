@@ -120,6 +120,16 @@ fn acknowledged_writes_survive_kill_9_of_each_node_in_turn() {
         for phase in 0..3 {
             if phase == 1 {
                 cluster.kill9(victim);
+                // The survivors' failure detector declares it dead within the LAN bound (about a second).
+                let other = (victim + 1) % 3;
+                let killed = Instant::now();
+                let needle = format!(r#""id":"n{victim}","phi":null,"state":"dead""#);
+                while !http("GET", cluster.http_addr(other), "/v1/cluster", None)
+                    .is_some_and(|(_, b)| b.contains(&needle))
+                {
+                    assert!(killed.elapsed() < Duration::from_secs(3), "n{victim} not declared dead within 3 s");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
             if phase == 2 {
                 cluster.start(victim);

@@ -6,29 +6,32 @@ fn rampart(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rampart")).args(args).output().expect("the rampart binary runs")
 }
 
+/// Five simulated minutes of the LAN chaos profile: 5% loss, 50 ms jitter, 300 ms pauses, a crash every 30 s.
+const LAN_CHAOS: &[&str] = &[
+    "detect",
+    "simulate",
+    "--nodes",
+    "10",
+    "--loss",
+    "0.05",
+    "--jitter-ms",
+    "50",
+    "--pause-ms",
+    "300",
+    "--pause-every-s",
+    "10",
+    "--crash",
+    "1",
+    "--duration-s",
+    "300",
+    "--seed",
+    "9",
+    "--json",
+];
+
 #[test]
 fn json_has_one_object_per_detector_with_the_contract_fields() {
-    let out = rampart(&[
-        "detect",
-        "simulate",
-        "--nodes",
-        "10",
-        "--loss",
-        "0.05",
-        "--jitter-ms",
-        "50",
-        "--pause-ms",
-        "300",
-        "--pause-every-s",
-        "10",
-        "--crash",
-        "1",
-        "--duration-s",
-        "300",
-        "--seed",
-        "9",
-        "--json",
-    ]);
+    let out = rampart(LAN_CHAOS);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -46,27 +49,7 @@ fn json_has_one_object_per_detector_with_the_contract_fields() {
     assert!(ours["detect_max_ms"].as_f64().expect("number") <= 2000.0, "{ours}");
     assert_eq!(ours["false_positives"], 0);
     // The same seed gives the same figures.
-    let again = rampart(&[
-        "detect",
-        "simulate",
-        "--nodes",
-        "10",
-        "--loss",
-        "0.05",
-        "--jitter-ms",
-        "50",
-        "--pause-ms",
-        "300",
-        "--pause-every-s",
-        "10",
-        "--crash",
-        "1",
-        "--duration-s",
-        "300",
-        "--seed",
-        "9",
-        "--json",
-    ]);
+    let again = rampart(LAN_CHAOS);
     assert_eq!(out.stdout, again.stdout);
 }
 

@@ -346,7 +346,15 @@ async fn stream_probe(to: SocketAddr, bytes: Vec<u8>, back: mpsc::Sender<StreamI
 
 async fn accept_loop(listener: TcpListener, to_driver: mpsc::Sender<StreamIn>) {
     loop {
-        let Ok((conn, from)) = listener.accept().await else { continue };
+        let (conn, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!("tcp accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let to_driver = to_driver.clone();
         tokio::spawn(async move {
             let serve = async {

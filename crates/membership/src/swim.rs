@@ -30,7 +30,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::config::Config;
 use crate::phi::{PhiAccrual, PhiConfig, Window};
-use crate::wire::{update_size, Meta, Msg, Packet, State, Update};
+use crate::wire::{update_size, Meta, Msg, Packet, State, Update, MAX_UPDATES};
 
 /// Which channel a packet travels on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -248,7 +248,7 @@ impl Swim {
             return;
         }
         self.left = true;
-        self.me.incarnation += 1;
+        self.me.incarnation = self.me.incarnation.saturating_add(1);
         self.me.state = State::Left;
         let update = self.self_update();
         self.enqueue(update.clone());
@@ -749,7 +749,8 @@ impl Swim {
             matches!(u.state, State::Suspect | State::Dead | State::Left) && u.incarnation >= self.me.incarnation;
         let stale_alive = u.state == State::Alive && u.incarnation > self.me.incarnation;
         if accused || stale_alive {
-            self.me.incarnation = u.incarnation + 1;
+            // Bounded by the decoder (MAX_INCARNATION), so this cannot overflow; saturate anyway.
+            self.me.incarnation = u.incarnation.saturating_add(1);
             self.stats.refutations += 1;
             self.events.push_back(Event::Refuted { incarnation: self.me.incarnation });
             let alive = self.self_update();
@@ -786,7 +787,7 @@ impl Swim {
         let mut used = 0;
         let mut out = Vec::new();
         for q in &mut self.queue {
-            if used + q.size > room {
+            if used + q.size > room || out.len() >= MAX_UPDATES / 2 {
                 continue;
             }
             used += q.size;
@@ -851,7 +852,7 @@ impl Swim {
         let mut used = header;
         for u in all {
             let size = update_size(&u);
-            if used + size > self.cfg.max_datagram && !chunk.is_empty() {
+            if (used + size > self.cfg.max_datagram || chunk.len() >= MAX_UPDATES) && !chunk.is_empty() {
                 let updates = std::mem::take(&mut chunk);
                 self.push_packet(to, Msg::Sync { reply }, updates);
                 used = header;

@@ -17,6 +17,9 @@ pub const MAX_PACKET: usize = 65_507;
 pub const MAX_ID_LEN: usize = 64;
 /// The most updates one packet may carry.
 pub const MAX_UPDATES: usize = 512;
+/// The highest incarnation accepted from the wire: far beyond any real member's restarts and refutations,
+/// and far from `u64::MAX`, so raising it never overflows.
+pub const MAX_INCARNATION: u64 = 1 << 62;
 
 /// A member's state as gossip carries it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -146,6 +149,9 @@ impl Packet {
             if u.by.as_ref().is_some_and(|b| !valid_id(b)) {
                 return Err(DecodeError::OutOfRange("update.by"));
             }
+            if u.incarnation > MAX_INCARNATION {
+                return Err(DecodeError::OutOfRange("update.incarnation"));
+            }
         }
         Ok(())
     }
@@ -202,6 +208,9 @@ mod tests {
         let mut empty = packet();
         empty.updates[0].id.clear();
         assert_eq!(Packet::decode(&empty.encode()), Err(DecodeError::OutOfRange("update.id")));
+        let mut huge = packet();
+        huge.updates[0].incarnation = u64::MAX;
+        assert_eq!(Packet::decode(&huge.encode()), Err(DecodeError::OutOfRange("update.incarnation")));
     }
 
     #[test]

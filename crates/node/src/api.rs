@@ -49,6 +49,11 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 fn request_error(e: RequestError) -> Response {
     match e {
         RequestError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        RequestError::Indeterminate(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "unknown_outcome",
+            format!("{e}: read it back to find out (repeating a put is safe: it is idempotent)"),
+        ),
         RequestError::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
@@ -86,7 +91,9 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
             match seen.iter().find(|(m, _)| m.id == n.id) {
                 Some((m, phi)) => json!({
                     "id": n.id, "addr": n.peer, "http": m.meta.http, "zone": m.meta.zone,
-                    "state": format!("{:?}", m.state).to_lowercase(), "phi": (phi * 100.0).round() / 100.0,
+                    "state": format!("{:?}", m.state).to_lowercase(),
+                    // Phi grows without bound for a silent member; 1000 already means "certainly gone".
+                    "phi": (phi.min(1000.0) * 100.0).round() / 100.0,
                 }),
                 // Not heard of yet: it has not joined the membership (or is down since this node started).
                 None => json!({"id": n.id, "addr": n.peer, "http": null, "zone": null, "state": "suspect", "phi": null}),

@@ -40,6 +40,10 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum CallError {
     #[error("no address known for node {0}")]
     UnknownPeer(RaftId),
+    /// The connection could not be made: the request was certainly not delivered.
+    #[error("peer {0}: cannot connect: {1}")]
+    Connect(String, String),
+    /// Failed after the request may have been delivered.
     #[error("peer {0}: {1}")]
     Transport(String, String),
     #[error("peer {0} timed out")]

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::RaftMetrics;
 use openraft::raft::ReadPolicy;
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -24,7 +25,7 @@ use rampart_membership::{Config as MembershipConfig, Meta, Profile};
 use rampart_membership_net::Membership;
 
 use crate::config::{Bootstrap, NodeConfig};
-use crate::network::{GroupNetwork, Peers, SnapshotRpc, MAX_BODY};
+use crate::network::{CallError, GroupNetwork, Peers, SnapshotRpc, MAX_BODY};
 use crate::store::{StateMachine, Store};
 use crate::types::{raft_id, Command, CommandResult, GroupId, PeerNode, RaftId, TypeConfig};
 
@@ -33,12 +34,16 @@ pub type GroupRaft = Raft<C, StateMachine>;
 
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leader waits for a write to commit before answering that its outcome is unknown.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a node could not start. Nothing is left running.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("{0}")]
+    Mismatch(String),
     #[error("storage: {0}")]
     Storage(#[from] std::io::Error),
     #[error("placement: {0}")]
@@ -52,9 +57,14 @@ pub enum StartError {
 /// Why a request could not be served. Each maps to one HTTP answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RequestError {
-    /// The partition has no leader right now (election under way, or no quorum). Retrying is safe.
+    /// The partition has no leader right now (election under way, or no quorum). Nothing was applied; retrying
+    /// is safe.
     #[error("partition {0} has no leader; retry shortly")]
     Unavailable(GroupId),
+    /// The write reached a leader that stopped answering (crashed, lost its quorum, timed out): it may or may
+    /// not have been applied. Retrying is safe only for an idempotent request.
+    #[error("partition {0}: the write may or may not have been applied")]
+    Indeterminate(GroupId),
     /// Storage failed on the serving node.
     #[error("storage failure: {0}")]
     Internal(String),
@@ -85,6 +95,19 @@ impl Node {
         };
         std::fs::create_dir_all(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("rampart.redb"))?;
+        // P and R are fixed at cluster creation: a node restarted with other values would route keys to the wrong
+        // groups, so the first start records them and later starts must match.
+        let shape = (config.partitions, config.replicas);
+        match store.cluster_shape()? {
+            None => store.set_cluster_shape(shape).await?,
+            Some(recorded) if recorded != shape => {
+                return Err(StartError::Mismatch(format!(
+                    "this data directory belongs to a cluster of {} partitions x {} replicas, not {} x {}",
+                    recorded.0, recorded.1, shape.0, shape.1
+                )))
+            }
+            Some(_) => {}
+        }
         let me = raft_id(&config.id);
         // Every node derives the same peer table and placement from the same initial cluster list.
         let mut nodes = BTreeMap::new();
@@ -224,13 +247,17 @@ impl Node {
         // Not the leader here: ask the leader if known, else the replicas in turn (one hop; they do not forward).
         let mut targets: Vec<RaftId> = leader.into_iter().collect();
         targets.extend(self.replicas(group).into_iter().filter(|r| *r != self.me && Some(*r) != leader));
+        let is_write = matches!(op, Op::Write(_));
         for target in targets {
-            let answer: Result<Result<OpResult, Forward>, _> =
+            let answer: Result<Result<OpResult, Forward>, CallError> =
                 self.peers.call(target, &format!("/internal/{group}"), &op, FORWARD_TIMEOUT).await;
             match answer {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(Forward::Error(e))) => return Err(e),
-                Ok(Err(Forward::NotLeader)) | Err(_) => continue,
+                Ok(Err(Forward::NotLeader)) | Err(CallError::Connect(..) | CallError::UnknownPeer(_)) => continue,
+                // The write may have reached a leader: sending it to another node could apply it twice.
+                Err(_) if is_write => return Err(RequestError::Indeterminate(group)),
+                Err(_) => continue,
             }
         }
         Err(RequestError::Unavailable(group))
@@ -240,13 +267,18 @@ impl Node {
     async fn serve_local(&self, group: GroupId, op: Op) -> Result<OpResult, RequestError> {
         let raft = self.groups.get(&group).ok_or(RequestError::Unavailable(group))?;
         match op {
-            Op::Write(command) => match raft.client_write(command).await {
-                Ok(r) => Ok(OpResult::Written(r.data)),
-                Err(e) if e.forward_to_leader().is_some() => Err(RequestError::Unavailable(group)),
-                Err(e) => {
-                    tracing::debug!("partition {group}: write: {e}");
+            Op::Write(command) => match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(command)).await {
+                Ok(Ok(r)) => Ok(OpResult::Written(r.data)),
+                // Refused before it was proposed: nothing was applied.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                     Err(RequestError::Unavailable(group))
                 }
+                // Proposed and then discarded, a fatal stop, or no commit in time: the outcome is unknown.
+                Ok(Err(e)) => {
+                    tracing::debug!("partition {group}: write: {e}");
+                    Err(RequestError::Indeterminate(group))
+                }
+                Err(_) => Err(RequestError::Indeterminate(group)),
             },
             Op::Read(key) => {
                 raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|_| RequestError::Unavailable(group))?;

@@ -43,6 +43,9 @@ const META: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("raft_met
 const KV: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("kv");
 
 type C = TypeConfig;
+
+/// The meta rows of the node itself (not of a partition) live under this group number, above any partition.
+const SHAPE_GROUP: GroupId = u32::MAX;
 type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
 
 type Job = (Write, oneshot::Sender<io::Result<()>>);
@@ -146,6 +149,21 @@ impl Store {
         StateMachine { store: self.clone(), group }
     }
 
+    /// The (partitions, replicas) this database was created for, if recorded.
+    pub fn cluster_shape(&self) -> io::Result<Option<(u32, u32)>> {
+        self.read_meta(SHAPE_GROUP, "shape")
+    }
+
+    /// Records the (partitions, replicas) of the cluster.
+    pub async fn set_cluster_shape(&self, shape: (u32, u32)) -> io::Result<()> {
+        let bytes = encode(&shape)?;
+        self.write(Box::new(move |txn| {
+            txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, "shape"), bytes.as_slice()).map_err(other)?;
+            Ok(())
+        }))
+        .await
+    }
+
     /// Reads one key of a group's state machine (the caller ensures the read is linearizable).
     pub fn get(&self, group: GroupId, key: &str) -> io::Result<Option<String>> {
         let txn = self.db.begin_read().map_err(other)?;
@@ -199,6 +217,19 @@ fn bounds(group: GroupId, range: impl RangeBounds<u64>) -> Option<((u32, u64), (
     (lo <= hi).then_some(((group, lo), (group, hi)))
 }
 
+fn delete_entries(txn: &WriteTransaction, group: GroupId, lo: u64, hi: u64) -> io::Result<()> {
+    let mut table = txn.open_table(LOGS).map_err(other)?;
+    let keys: Vec<u64> = table
+        .range((group, lo)..=(group, hi))
+        .map_err(other)?
+        .map(|item| item.map(|(k, _)| k.value().1).map_err(other))
+        .collect::<io::Result<_>>()?;
+    for i in keys {
+        table.remove((group, i)).map_err(other)?;
+    }
+    Ok(())
+}
+
 /// One partition's Raft log.
 #[derive(Clone, Debug)]
 pub struct LogStore {
@@ -248,20 +279,7 @@ impl LogStore {
     /// Deletes the entries of this group with index in `lo..=hi`.
     async fn delete_range(&self, lo: u64, hi: u64) -> io::Result<()> {
         let group = self.group;
-        self.store
-            .write(Box::new(move |txn| {
-                let mut table = txn.open_table(LOGS).map_err(other)?;
-                let keys: Vec<u64> = table
-                    .range((group, lo)..=(group, hi))
-                    .map_err(other)?
-                    .map(|item| item.map(|(k, _)| k.value().1).map_err(other))
-                    .collect::<io::Result<_>>()?;
-                for i in keys {
-                    table.remove((group, i)).map_err(other)?;
-                }
-                Ok(())
-            }))
-            .await
+        self.store.write(Box::new(move |txn| delete_entries(txn, group, lo, hi))).await
     }
 }
 
@@ -283,7 +301,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let purged: Option<LogIdOf<C>> = self.store.read_meta(self.group, "purged")?;
-        let last = self.last_entry()?.map(|e| e.log_id()).or(purged);
+        let last = self.last_entry()?.map(|e| e.log_id()).max(purged);
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
 
@@ -346,9 +364,16 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
-        // Record the purge point first: a crash between the two leaves entries that are merely unused.
-        self.put_meta("purged", &log_id).await?;
-        self.delete_range(0, log_id.index()).await
+        // The purge point and the deletion in one transaction: a crash leaves both or neither, never a purge
+        // point ahead of the last entry (which openraft would refuse as a corrupted log).
+        let bytes = encode(&log_id)?;
+        let (group, upto) = (self.group, log_id.index());
+        self.store
+            .write(Box::new(move |txn| {
+                txn.open_table(META).map_err(other)?.insert((group, "purged"), bytes.as_slice()).map_err(other)?;
+                delete_entries(txn, group, 0, upto)
+            }))
+            .await
     }
 }
 
@@ -416,9 +441,20 @@ impl RaftSnapshotBuilder<C> for StateMachine {
         let data = postcard::to_allocvec(&blob).map_err(other)?;
         let meta = SnapshotMetaOf::<C> { last_log_id: applied, last_membership: membership };
         let stored = encode(&StoredSnapshot { meta: meta.clone(), data: data.clone() })?;
+        let built_at = meta.last_log_id;
         self.store
             .write(Box::new(move |txn| {
-                txn.open_table(META).map_err(other)?.insert((group, "snapshot"), stored.as_slice()).map_err(other)?;
+                let mut table = txn.open_table(META).map_err(other)?;
+                // Built in the background: a snapshot installed meanwhile may be newer, and must not be replaced.
+                let current = match table.get((group, "snapshot")).map_err(other)? {
+                    Some(v) => {
+                        decode::<StoredSnapshot>(v.value(), &|| format!("group {group} snapshot"))?.meta.last_log_id
+                    }
+                    None => None,
+                };
+                if built_at > current {
+                    table.insert((group, "snapshot"), stored.as_slice()).map_err(other)?;
+                }
                 Ok(())
             }))
             .await?;

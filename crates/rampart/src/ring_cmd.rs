@@ -61,6 +61,13 @@ fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 || args.nodes > MAX_NODES {
         bail!("--nodes {}: use 1 to {MAX_NODES}", args.nodes);
     }
+    // The assignment's work grows with nodes x partitions; keep a report to seconds and memory to megabytes.
+    if args.nodes as u64 * u64::from(args.partitions) > 4_000_000 {
+        bail!(
+            "--nodes x --partitions is {}: at most 4000000 for a report",
+            args.nodes as u64 * u64::from(args.partitions)
+        );
+    }
     if args.zones == 0 || args.zones > args.nodes {
         bail!("--zones {}: use 1 to the number of nodes ({})", args.zones, args.nodes);
     }

@@ -98,7 +98,9 @@ fn put(cluster: &Cluster, via: usize, key: &str, value: &str) -> bool {
         }
         match http("PUT", cluster.http_addr(node), &format!("/v1/kv/{key}"), Some(&body)) {
             Some((200, _)) => return true,
-            Some((503, _)) | None => std::thread::sleep(Duration::from_millis(20)),
+            // 503: not applied; 504: outcome unknown. Either way a put may be repeated (it is idempotent), and
+            // only a 200 counts as acknowledged.
+            Some((503 | 504, _)) | None => std::thread::sleep(Duration::from_millis(20)),
             Some((status, body)) => panic!("unexpected {status} for {key}: {body}"),
         }
     }
@@ -123,10 +125,13 @@ fn acknowledged_writes_survive_kill_9_of_each_node_in_turn() {
                 // The survivors' failure detector declares it dead within the LAN bound (about a second).
                 let other = (victim + 1) % 3;
                 let killed = Instant::now();
-                let needle = format!(r#""id":"n{victim}","phi":null,"state":"dead""#);
-                while !http("GET", cluster.http_addr(other), "/v1/cluster", None)
-                    .is_some_and(|(_, b)| b.contains(&needle))
-                {
+                let dead = |body: &str| {
+                    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+                    v["nodes"].as_array().is_some_and(|nodes| {
+                        nodes.iter().any(|n| n["id"] == format!("n{victim}").as_str() && n["state"] == "dead")
+                    })
+                };
+                while !http("GET", cluster.http_addr(other), "/v1/cluster", None).is_some_and(|(_, b)| dead(&b)) {
                     assert!(killed.elapsed() < Duration::from_secs(3), "n{victim} not declared dead within 3 s");
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -186,4 +191,33 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (status, metrics) = http("GET", a, "/metrics", None).expect("answer");
     assert_eq!(status, 200);
     assert!(metrics.contains("rampart_raft_term{partition="), "{metrics}");
+}
+
+#[test]
+fn a_data_directory_refuses_a_different_cluster_shape() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let serve = |partitions: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(["serve", "--id", "solo", "--http", "127.0.0.1:27700", "--peer", "127.0.0.1:27701"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--initial-cluster", "solo=127.0.0.1:27701", "--replicas", "1", "--partitions", partitions])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rampart serve starts")
+    };
+    let mut first = serve("8");
+    let addr = SocketAddr::from(([127, 0, 0, 1], 27_700));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(http("GET", addr, "/readyz", None), Some((200, _))) {
+        assert!(Instant::now() < deadline, "the single node did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    let second = serve("16").wait_with_output().expect("it exits by itself");
+    assert_eq!(second.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("8 partitions x 1 replicas, not 16 x 1"), "{err}");
 }

@@ -94,12 +94,7 @@ impl Membership {
         meta: Meta,
         seeds: Vec<SocketAddr>,
     ) -> Result<Self, StartError> {
-        config.validate()?;
-        let udp = UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-        let tcp = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
-        let listener = tokio::spawn(accept_loop(tcp, stream_tx.clone()));
-        Ok(Self::launch(config, id, addr, meta, seeds, Net::Udp(Arc::new(udp)), stream_tx, stream_rx, Some(listener)))
+        Self::start_udp(config, id, addr, meta, seeds, false).await
     }
 
     /// Binds UDP on `addr` only and sends the fallback probe over HTTP to the same address: for a node whose
@@ -111,11 +106,27 @@ impl Membership {
         meta: Meta,
         seeds: Vec<SocketAddr>,
     ) -> Result<Self, StartError> {
+        Self::start_udp(config, id, addr, meta, seeds, true).await
+    }
+
+    async fn start_udp(
+        config: Config,
+        id: String,
+        addr: SocketAddr,
+        meta: Meta,
+        seeds: Vec<SocketAddr>,
+        http_fallback: bool,
+    ) -> Result<Self, StartError> {
         config.validate()?;
-        let udp = UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let udp = Arc::new(UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?);
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
-        let net = Net::UdpHttp(Arc::new(udp), Box::default());
-        Ok(Self::launch(config, id, addr, meta, seeds, net, stream_tx, stream_rx, None))
+        let (net, listener) = if http_fallback {
+            (Net::UdpHttp(udp, Box::default()), None)
+        } else {
+            let tcp = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+            (Net::Udp(udp), Some(tokio::spawn(accept_loop(tcp, stream_tx.clone()))))
+        };
+        Ok(Self::launch(config, id, addr, meta, seeds, net, stream_tx, stream_rx, listener))
     }
 
     /// Starts the member `id` on the HTTP transport: `http_addr` is where this node serves [`http::router`]

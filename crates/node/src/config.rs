@@ -162,7 +162,7 @@ impl NodeConfig {
             return Err(invalid("replicas", "use 1 to 7"));
         }
         let heartbeat = Duration::from_millis(raw.heartbeat_ms.unwrap_or(40));
-        let election_timeout = Duration::from_millis(raw.election_timeout_ms.unwrap_or(150));
+        let election_timeout = Duration::from_millis(raw.election_timeout_ms.unwrap_or(120));
         if heartbeat.is_zero() || heartbeat > Duration::from_secs(10) {
             return Err(invalid("heartbeat_ms", "use 1 to 10000"));
         }

@@ -41,7 +41,7 @@ pub struct ServeArgs {
     /// Raft heartbeat interval in ms (default 40).
     #[arg(long, env = "RAMPART_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
-    /// Raft election timeout in ms (default 150; randomised up to twice that).
+    /// Raft election timeout in ms (default 120; randomised up to twice that).
     #[arg(long, env = "RAMPART_ELECTION_TIMEOUT_MS")]
     election_timeout_ms: Option<u64>,
     /// A TOML settings file.

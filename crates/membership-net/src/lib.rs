@@ -30,6 +30,8 @@ pub mod http;
 pub(crate) const STREAM_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on packets queued from stream transports into the driver.
 const STREAM_QUEUE: usize = 256;
+/// How stale the readers' snapshot of members (their phi, mostly) may get when nothing changes.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 /// Bound on membership events buffered for slow subscribers (older ones are dropped for them).
 const EVENT_QUEUE: usize = 1024;
 
@@ -170,6 +172,7 @@ impl Membership {
             shared: shared.clone(),
             stream_tx: stream_tx.clone(),
             replies: Vec::new(),
+            snapshot_at: None,
         };
         let task = tokio::spawn(driver.run(stream_rx, command_rx));
         Self { addr, events, stream_tx, commands, shared, task, listener }
@@ -240,6 +243,8 @@ struct Driver {
     stream_tx: mpsc::Sender<StreamIn>,
     /// Inbound stream packets still waiting for their reply, by the sender's address.
     replies: Vec<(SocketAddr, oneshot::Sender<Vec<u8>>)>,
+    /// When the readers' snapshot was last rebuilt.
+    snapshot_at: Option<Duration>,
 }
 
 impl Driver {
@@ -304,11 +309,19 @@ impl Driver {
         }
         // Replies not produced by this step will not come: let their waiters go.
         self.replies.clear();
+        let mut changed = false;
         while let Some(e) = self.swim.poll_event() {
+            changed = true;
             // No subscriber is not an error.
             let _ = self.events.send(e);
         }
+        // The snapshot is rebuilt when membership changed, and otherwise at most every SNAPSHOT_EVERY (for
+        // fresh phi values): not on every packet, which would copy the member list at packet rate.
         let now = self.now();
+        if !changed && self.snapshot_at.is_some_and(|t| now.saturating_sub(t) < SNAPSHOT_EVERY) {
+            return;
+        }
+        self.snapshot_at = Some(now);
         if let Ok(mut s) = self.shared.lock() {
             s.local = Some(self.swim.local().clone());
             s.members = self.swim.members().map(|m| (m.clone(), self.swim.phi(&m.id, now).unwrap_or(0.0))).collect();

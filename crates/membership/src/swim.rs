@@ -358,7 +358,7 @@ impl Swim {
             self.next_gossip = now + self.cfg.gossip_interval;
         }
         if now >= self.next_sync {
-            self.sync(now);
+            self.sync();
             self.next_sync = now
                 + if self.live_members().next().is_none() {
                     self.cfg.probe_interval * 4
@@ -873,7 +873,7 @@ impl Swim {
         self.out.push_back(Transmit { to, channel: Channel::Datagram, bytes });
     }
 
-    fn sync(&mut self, _now: Duration) {
+    fn sync(&mut self) {
         let live: Vec<SocketAddr> = self.live_members().map(|m| m.info.addr).collect();
         if live.is_empty() {
             // Not joined yet (or alone): ask the seeds.

@@ -80,9 +80,8 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 async fn cluster(State(node): State<Arc<Node>>) -> Response {
     let seen = node.membership.members();
-    let nodes: Vec<_> = node
-        .peers
-        .nodes()
+    let names = node.peers.nodes();
+    let nodes: Vec<_> = names
         .values()
         .map(|n| {
             if n.id == node.config.id {
@@ -100,7 +99,6 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
             }
         })
         .collect();
-    let names = node.peers.nodes();
     let name = |id: &u64| names.get(id).map(|n| n.id.clone());
     let partitions: Vec<_> = (0..node.config.partitions)
         .map(|p| {

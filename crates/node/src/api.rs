@@ -16,8 +16,8 @@ use openraft::ServerState;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::node::{Node, RequestError};
-use crate::types::Command;
+use crate::node::{Node, Read, ReadResult, RequestError};
+use crate::types::Op;
 
 /// The largest request body accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -33,11 +33,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
         .route("/v1/kv/{key}", get(kv_get).put(kv_put))
+        .merge(crate::trade_api::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(node)
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = Json(json!({"error": {"code": code, "message": message.into()}}));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         (status, [(header::RETRY_AFTER, "1")], body).into_response()
@@ -46,7 +47,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     }
 }
 
-fn request_error(e: RequestError) -> Response {
+pub(crate) fn request_error(e: RequestError) -> Response {
     match e {
         RequestError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
         RequestError::Indeterminate(_) => error(
@@ -161,8 +162,8 @@ async fn kv_put(
         return error(StatusCode::BAD_REQUEST, "invalid_request", "fence: fenced writes arrive with the lock service");
     }
     let group = node.partition_of(&key);
-    match node.write(group, Command::Put { key: key.clone(), value: body.value }).await {
-        Ok(r) => Json(json!({"key": key, "partition": group, "index": r.index})).into_response(),
+    match node.propose(group, Op::Put { key: key.clone(), value: body.value }).await {
+        Ok(_) => Json(json!({"key": key, "partition": group})).into_response(),
         Err(e) => request_error(e),
     }
 }
@@ -172,9 +173,9 @@ async fn kv_get(State(node): State<Arc<Node>>, Path(key): Path<String>) -> Respo
         return r;
     }
     let group = node.partition_of(&key);
-    match node.read(group, key.clone()).await {
-        Ok(Some(value)) => Json(json!({"key": key, "value": value})).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no value for key {key:?}")),
+    match node.query(group, Read::Kv(key.clone())).await {
+        Ok(ReadResult::Kv(Some(value))) => Json(json!({"key": key, "value": value})).into_response(),
+        Ok(_) => error(StatusCode::NOT_FOUND, "not_found", format!("no value for key {key:?}")),
         Err(e) => request_error(e),
     }
 }

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub replicas: Option<u32>,
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_ms: Option<u64>,
+    pub payment_deadline_ms: Option<u64>,
+    pub idempotency_retention_ms: Option<u64>,
 }
 
 impl RawConfig {
@@ -44,6 +46,8 @@ impl RawConfig {
             replicas: self.replicas.or(lower.replicas),
             heartbeat_ms: self.heartbeat_ms.or(lower.heartbeat_ms),
             election_timeout_ms: self.election_timeout_ms.or(lower.election_timeout_ms),
+            payment_deadline_ms: self.payment_deadline_ms.or(lower.payment_deadline_ms),
+            idempotency_retention_ms: self.idempotency_retention_ms.or(lower.idempotency_retention_ms),
         }
     }
 
@@ -79,6 +83,10 @@ pub struct NodeConfig {
     pub replicas: u32,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
+    /// An unpaid order expires this long after it was placed.
+    pub payment_deadline: Duration,
+    /// How long an idempotency key is remembered; a retry after that places a new order.
+    pub idempotency_retention: Duration,
 }
 
 /// A setting is missing or out of range. Nothing was started.
@@ -169,6 +177,17 @@ impl NodeConfig {
         if election_timeout < heartbeat * 3 || election_timeout > Duration::from_secs(60) {
             return Err(invalid("election_timeout_ms", "use at least 3 heartbeats and at most 60000"));
         }
+        let payment_deadline = Duration::from_millis(raw.payment_deadline_ms.unwrap_or(15 * 60_000));
+        if payment_deadline.is_zero() || payment_deadline > Duration::from_secs(30 * 86_400) {
+            return Err(invalid("payment_deadline_ms", "use 1 to 2592000000 (30 days)"));
+        }
+        let idempotency_retention = Duration::from_millis(raw.idempotency_retention_ms.unwrap_or(86_400_000));
+        if idempotency_retention < payment_deadline || idempotency_retention > Duration::from_secs(365 * 86_400) {
+            return Err(invalid(
+                "idempotency_retention_ms",
+                "use at least the payment deadline and at most 31536000000 (a year)",
+            ));
+        }
         Ok(NodeConfig {
             id,
             http,
@@ -181,6 +200,8 @@ impl NodeConfig {
             replicas,
             heartbeat,
             election_timeout,
+            payment_deadline,
+            idempotency_retention,
         })
     }
 }
@@ -229,6 +250,8 @@ mod tests {
             (RawConfig { join: Some("127.0.0.1:7202".into()), ..raw() }, "join"),
             (RawConfig { partitions: Some(0), ..raw() }, "partitions"),
             (RawConfig { heartbeat_ms: Some(200), election_timeout_ms: Some(300), ..raw() }, "election_timeout_ms"),
+            (RawConfig { payment_deadline_ms: Some(0), ..raw() }, "payment_deadline_ms"),
+            (RawConfig { idempotency_retention_ms: Some(1), ..raw() }, "idempotency_retention_ms"),
         ];
         for (r, field) in cases {
             let err = NodeConfig::from_raw(r).unwrap_err().to_string();

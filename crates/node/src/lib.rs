@@ -14,6 +14,7 @@ pub mod config;
 pub mod network;
 pub mod node;
 pub mod store;
+pub mod trade_api;
 pub mod types;
 
 use std::future::Future;

@@ -27,7 +27,9 @@ use rampart_membership_net::Membership;
 use crate::config::{Bootstrap, NodeConfig};
 use crate::network::{CallError, GroupNetwork, Peers, SnapshotRpc, MAX_BODY};
 use crate::store::{StateMachine, Store};
-use crate::types::{raft_id, Command, CommandResult, GroupId, PeerNode, RaftId, TypeConfig};
+use crate::types::{raft_id, Command, GroupId, Op, OpOutcome, PeerNode, RaftId, TypeConfig};
+use rampart_trading::{Order, OrderId, Product, Sku};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 type C = TypeConfig;
 pub type GroupRaft = Raft<C, StateMachine>;
@@ -36,6 +38,15 @@ pub type GroupRaft = Raft<C, StateMachine>;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a leader waits for a write to commit before answering that its outcome is unknown.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Operations waiting for a partition's next entry; beyond this a write is refused as `unavailable`.
+const QUEUE_MAX: usize = 16_384;
+/// The most operations one entry carries.
+const BATCH_OPS_MAX: usize = 1024;
+/// Entries of one partition proposed and not yet applied. While they are all in flight, new operations queue
+/// and go together in the next entry: the busier a partition, the bigger its entries.
+const INFLIGHT_MAX: usize = 4;
+/// How often a leader looks for unpaid orders past their deadline.
+const EXPIRY_EVERY: Duration = Duration::from_millis(500);
 
 /// Why a node could not start. Nothing is left running.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +92,13 @@ pub struct Node {
     pub groups: BTreeMap<GroupId, GroupRaft>,
     /// Failure detection: UDP on the peer port number, fallback probes over HTTP to the peer RPC server.
     pub membership: Arc<Membership>,
-    server: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Each local group's queue of operations for its next entry (used while this node leads the group).
+    proposers: BTreeMap<GroupId, mpsc::Sender<Proposal>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// One operation waiting to be proposed, and where its outcome goes.
+type Proposal = (Op, oneshot::Sender<Result<OpOutcome, RequestError>>);
 
 impl Node {
     /// Opens storage, starts a Raft group for every partition this node replicates, serves peer RPC on
@@ -135,6 +151,8 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?,
         );
         let mut groups = BTreeMap::new();
+        let mut proposers = BTreeMap::new();
+        let mut tasks = Vec::new();
         let mut founders = Vec::new();
         for p in 0..config.partitions {
             let replicas: Vec<RaftId> = placement
@@ -145,9 +163,12 @@ impl Node {
                 continue;
             }
             let network = GroupNetwork { peers: peers.clone(), group: p };
-            let raft = Raft::new(me, raft_config.clone(), network, store.log(p), store.state_machine(p))
+            let raft = Raft::new(me, raft_config.clone(), network, store.log(p), store.state_machine(p)?)
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
+            let (tx, rx) = mpsc::channel(QUEUE_MAX);
+            tasks.push(tokio::spawn(propose_loop(raft.clone(), p, rx, config.payment_deadline)));
+            proposers.insert(p, tx);
             if replicas.first() == Some(&me) {
                 founders.push((p, replicas));
             }
@@ -170,7 +191,8 @@ impl Node {
             peers,
             groups,
             membership,
-            server: std::sync::Mutex::new(None),
+            proposers,
+            tasks: std::sync::Mutex::new(tasks),
         });
         let listener = TcpListener::bind(node.config.peer).await.map_err(|e| StartError::Bind(node.config.peer, e))?;
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -182,8 +204,9 @@ impl Node {
                 tracing::error!("peer server stopped: {e}");
             }
         });
-        if let Ok(mut s) = node.server.lock() {
-            *s = Some(server);
+        let expiry = tokio::spawn(expiry_loop(Arc::downgrade(&node)));
+        if let Ok(mut t) = node.tasks.lock() {
+            t.extend([server, expiry]);
         }
         for (p, replicas) in founders {
             let raft = &node.groups[&p];
@@ -217,28 +240,29 @@ impl Node {
         self.groups.get(&group).map(|r| r.metrics().borrow_watched().clone())
     }
 
-    /// Commits `command` in its partition: locally if this node leads it, else through the leader.
-    pub async fn write(&self, group: GroupId, command: Command) -> Result<CommandResult, RequestError> {
-        self.route(group, Op::Write(command)).await.map(|r| match r {
-            OpResult::Written(w) => w,
-            OpResult::Read(_) => CommandResult::default(),
-        })
+    /// Commits `op` in its partition (locally if this node leads it, else through the leader) and returns what
+    /// applying it gave.
+    pub async fn propose(&self, group: GroupId, op: Op) -> Result<OpOutcome, RequestError> {
+        match self.route(group, Request::Write(op)).await? {
+            Answer::Written(outcome) => Ok(outcome),
+            Answer::Read(_) => Err(RequestError::Internal("a write was answered as a read".into())),
+        }
     }
 
-    /// A linearizable read of `key` in its partition.
-    pub async fn read(&self, group: GroupId, key: String) -> Result<Option<String>, RequestError> {
-        self.route(group, Op::Read(key)).await.map(|r| match r {
-            OpResult::Read(v) => v,
-            OpResult::Written(_) => None,
-        })
+    /// A linearizable read in its partition.
+    pub async fn query(&self, group: GroupId, read: Read) -> Result<ReadResult, RequestError> {
+        match self.route(group, Request::Read(read)).await? {
+            Answer::Read(r) => Ok(r),
+            Answer::Written(_) => Err(RequestError::Internal("a read was answered as a write".into())),
+        }
     }
 
-    async fn route(&self, group: GroupId, op: Op) -> Result<OpResult, RequestError> {
+    async fn route(&self, group: GroupId, request: Request) -> Result<Answer, RequestError> {
         let leader = match self.groups.get(&group) {
             Some(raft) => {
                 let m = raft.metrics().borrow_watched().clone();
                 if m.state == ServerState::Leader {
-                    return self.serve_local(group, op).await;
+                    return self.serve_local(group, request).await;
                 }
                 m.current_leader
             }
@@ -247,10 +271,10 @@ impl Node {
         // Not the leader here: ask the leader if known, else the replicas in turn (one hop; they do not forward).
         let mut targets: Vec<RaftId> = leader.into_iter().collect();
         targets.extend(self.replicas(group).into_iter().filter(|r| *r != self.me && Some(*r) != leader));
-        let is_write = matches!(op, Op::Write(_));
+        let is_write = matches!(request, Request::Write(_));
         for target in targets {
-            let answer: Result<Result<OpResult, Forward>, CallError> =
-                self.peers.call(target, &format!("/internal/{group}"), &op, FORWARD_TIMEOUT).await;
+            let answer: Result<Result<Answer, Forward>, CallError> =
+                self.peers.call(target, &format!("/internal/{group}"), &request, FORWARD_TIMEOUT).await;
             match answer {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(Forward::Error(e))) => return Err(e),
@@ -263,26 +287,31 @@ impl Node {
         Err(RequestError::Unavailable(group))
     }
 
-    /// Serves `op` on this node's replica of `group` (it believes it is the leader).
-    async fn serve_local(&self, group: GroupId, op: Op) -> Result<OpResult, RequestError> {
+    /// Serves `request` on this node's replica of `group` (it believes it is the leader).
+    async fn serve_local(&self, group: GroupId, request: Request) -> Result<Answer, RequestError> {
         let raft = self.groups.get(&group).ok_or(RequestError::Unavailable(group))?;
-        match op {
-            Op::Write(command) => match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(command)).await {
-                Ok(Ok(r)) => Ok(OpResult::Written(r.data)),
-                // Refused before it was proposed: nothing was applied.
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                    Err(RequestError::Unavailable(group))
-                }
-                // Proposed and then discarded, a fatal stop, or no commit in time: the outcome is unknown.
-                Ok(Err(e)) => {
-                    tracing::debug!("partition {group}: write: {e}");
-                    Err(RequestError::Indeterminate(group))
-                }
-                Err(_) => Err(RequestError::Indeterminate(group)),
-            },
-            Op::Read(key) => {
+        match request {
+            Request::Write(op) => {
+                let proposer = self.proposers.get(&group).ok_or(RequestError::Unavailable(group))?;
+                let (tx, rx) = oneshot::channel();
+                // A full queue refuses the write before anything is proposed: retrying is safe.
+                proposer.try_send((op, tx)).map_err(|_| RequestError::Unavailable(group))?;
+                // The proposer dropping the reply means it stopped (shutdown) after taking the operation.
+                rx.await.map_err(|_| RequestError::Indeterminate(group))?.map(Answer::Written)
+            }
+            Request::Read(read) => {
                 raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|_| RequestError::Unavailable(group))?;
-                self.store.get(group, &key).map(OpResult::Read).map_err(|e| RequestError::Internal(e.to_string()))
+                let shard = || self.store.shard(group).ok_or(RequestError::Unavailable(group));
+                let poisoned = |_| RequestError::Internal(format!("partition {group}: state lock poisoned"));
+                Ok(Answer::Read(match read {
+                    Read::Kv(key) => {
+                        ReadResult::Kv(self.store.get(group, &key).map_err(|e| RequestError::Internal(e.to_string()))?)
+                    }
+                    Read::Product(sku) => {
+                        ReadResult::Product(shard()?.lock().map_err(poisoned)?.product(&sku).cloned())
+                    }
+                    Read::Order(id) => ReadResult::Order(shard()?.lock().map_err(poisoned)?.order(&id).cloned()),
+                }))
             }
         }
     }
@@ -293,9 +322,9 @@ impl Node {
         for raft in self.groups.values() {
             let _ = raft.shutdown().await;
         }
-        if let Ok(mut s) = self.server.lock() {
-            if let Some(h) = s.take() {
-                h.abort();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
             }
         }
     }
@@ -312,15 +341,113 @@ impl Node {
 
 /// A request forwarded to the node that should serve it.
 #[derive(Debug, Serialize, Deserialize)]
-enum Op {
-    Write(Command),
-    Read(String),
+enum Request {
+    Write(Op),
+    Read(Read),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum OpResult {
-    Written(CommandResult),
-    Read(Option<String>),
+enum Answer {
+    Written(OpOutcome),
+    Read(ReadResult),
+}
+
+/// A linearizable read of one partition's state.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Read {
+    Kv(String),
+    Product(Sku),
+    Order(OrderId),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadResult {
+    Kv(Option<String>),
+    Product(Option<Product>),
+    Order(Option<Order>),
+}
+
+/// The business clock a leader stamps into its entries: wall-clock milliseconds since the Unix epoch. The state
+/// machine never lets it run backwards, whatever a new leader's clock says.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Proposes one group's queued operations: up to [`BATCH_OPS_MAX`] per entry, [`INFLIGHT_MAX`] entries at a time.
+async fn propose_loop(raft: GroupRaft, group: GroupId, mut rx: mpsc::Receiver<Proposal>, pay_within: Duration) {
+    let inflight = Arc::new(Semaphore::new(INFLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_OPS_MAX {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let at_ms = now_ms();
+            let (mut ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().unzip();
+            for op in &mut ops {
+                // The leader stamps the payment deadline: every replica applies the same one.
+                if let Op::Trade(rampart_trading::Command::PlaceOrder { pay_deadline_ms, .. }) = op {
+                    *pay_deadline_ms = at_ms.saturating_add(pay_within.as_millis() as u64);
+                }
+            }
+            let written = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Command { at_ms, ops })).await;
+            let failure = match written {
+                Ok(Ok(r)) if r.data.outcomes.len() == replies.len() => {
+                    for (reply, outcome) in replies.into_iter().zip(r.data.outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    drop(permit);
+                    return;
+                }
+                Ok(Ok(_)) => RequestError::Internal(format!("partition {group}: outcomes do not match operations")),
+                // Refused before it was proposed: nothing was applied.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => RequestError::Unavailable(group),
+                // Proposed and then discarded, a fatal stop, or no commit in time: the outcome is unknown.
+                Ok(Err(e)) => {
+                    tracing::debug!("partition {group}: write: {e}");
+                    RequestError::Indeterminate(group)
+                }
+                Err(_) => RequestError::Indeterminate(group),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(failure.clone()));
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// On every group this node leads: expires unpaid orders past their deadline and forgets idempotency records
+/// past their retention, as replicated commands.
+async fn expiry_loop(node: std::sync::Weak<Node>) {
+    let mut tick = tokio::time::interval(EXPIRY_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let now = now_ms();
+        let forget_before_ms = now.saturating_sub(node.config.idempotency_retention.as_millis() as u64);
+        for (group, raft) in &node.groups {
+            if raft.metrics().borrow_watched().state != ServerState::Leader {
+                continue;
+            }
+            let due = node
+                .store
+                .shard(*group)
+                .and_then(|s| s.lock().ok().map(|s| s.has_expiry_work(now, forget_before_ms)))
+                .unwrap_or(false);
+            if due {
+                let op = Op::Trade(rampart_trading::Command::Expire { forget_before_ms });
+                if let Err(e) = node.serve_local(*group, Request::Write(op)).await {
+                    tracing::debug!("partition {group}: expiry: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// Why a forwarded request was not served by the node it reached.
@@ -383,12 +510,12 @@ async fn raft_rpc(State(node): State<Arc<Node>>, Path((group, op)): Path<(GroupI
 }
 
 async fn forwarded(State(node): State<Arc<Node>>, Path(group): Path<GroupId>, body: Bytes) -> Response {
-    let op: Op = match postcard::from_bytes(&body) {
-        Ok(op) => op,
+    let request: Request = match postcard::from_bytes(&body) {
+        Ok(r) => r,
         Err(e) => return bad_request(e),
     };
     let leads = node.groups.get(&group).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
-    let answer: Result<OpResult, Forward> =
-        if leads { node.serve_local(group, op).await.map_err(Forward::Error) } else { Err(Forward::NotLeader) };
+    let answer: Result<Answer, Forward> =
+        if leads { node.serve_local(group, request).await.map_err(Forward::Error) } else { Err(Forward::NotLeader) };
     postcard_response(&answer)
 }

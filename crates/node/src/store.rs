@@ -33,7 +33,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::types::{Command, CommandResult, GroupId, TypeConfig};
+use rampart_trading::{Row, Shard, Stamped};
+
+use crate::types::{CommandResult, GroupId, Op, OpOutcome, TypeConfig};
 
 /// The most writes one transaction (one fsync) takes.
 pub const BATCH_MAX: usize = 1024;
@@ -41,6 +43,8 @@ pub const BATCH_MAX: usize = 1024;
 const LOGS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("raft_meta");
 const KV: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("kv");
+/// The trading state machine's rows: key = postcard of a [`RowKey`], value = a sealed postcard [`Row`].
+const TRADE: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("trade");
 
 type C = TypeConfig;
 
@@ -87,6 +91,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &dyn Fn() -> String) -> io::R
 #[derive(Debug)]
 pub struct Store {
     db: Arc<Database>,
+    /// Each partition's trading state, in memory; its rows on disk are written with every apply.
+    shards: std::sync::Mutex<std::collections::BTreeMap<GroupId, Arc<std::sync::Mutex<Shard>>>>,
     writer: Option<std_mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -112,6 +118,7 @@ impl Store {
             txn.open_table(LOGS).map_err(other)?;
             txn.open_table(META).map_err(other)?;
             txn.open_table(KV).map_err(other)?;
+            txn.open_table(TRADE).map_err(other)?;
             txn.commit().map_err(other)?;
         }
         let (tx, rx) = std_mpsc::channel::<Job>();
@@ -119,7 +126,7 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("rampart-store-writer".into())
             .spawn(move || write_loop(&writer_db, &rx))?;
-        Ok(Arc::new(Store { db, writer: Some(tx), thread: Some(thread) }))
+        Ok(Arc::new(Store { db, shards: Default::default(), writer: Some(tx), thread: Some(thread) }))
     }
 
     /// Runs `write` in the next group commit and waits until it is durable.
@@ -144,9 +151,21 @@ impl Store {
         LogStore { store: self.clone(), group }
     }
 
-    /// The state machine of one partition group.
-    pub fn state_machine(self: &Arc<Self>, group: GroupId) -> StateMachine {
-        StateMachine { store: self.clone(), group }
+    /// The state machine of one partition group, its trading state loaded from disk (and checked).
+    pub fn state_machine(self: &Arc<Self>, group: GroupId) -> io::Result<StateMachine> {
+        let shard = {
+            let txn = self.db.begin_read().map_err(other)?;
+            let rows = trade_rows(&txn.open_table(TRADE).map_err(other)?, group)?;
+            Shard::restore(group, rows).map_err(|e| invalid(format!("partition {group}: {e}")))?
+        };
+        let shard = Arc::new(std::sync::Mutex::new(shard));
+        self.shards.lock().map_err(other)?.insert(group, shard.clone());
+        Ok(StateMachine { store: self.clone(), group, shard })
+    }
+
+    /// The trading state of a partition this node replicates. The caller ensures a read is linearizable.
+    pub fn shard(&self, group: GroupId) -> Option<Arc<std::sync::Mutex<Shard>>> {
+        self.shards.lock().ok()?.get(&group).cloned()
     }
 
     /// The (partitions, replicas) this database was created for, if recorded.
@@ -173,6 +192,44 @@ impl Store {
             None => Ok(None),
         }
     }
+}
+
+fn invalid(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// Every trading row of one group, checked and decoded.
+fn trade_rows(table: &impl ReadableTable<(u32, &'static [u8]), &'static [u8]>, group: GroupId) -> io::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for item in table.range((group, &[][..])..).map_err(other)? {
+        let (k, v) = item.map_err(other)?;
+        if k.value().0 != group {
+            break;
+        }
+        rows.push(decode::<Row>(v.value(), &|| format!("group {group} trading row"))?);
+    }
+    Ok(rows)
+}
+
+/// Replaces every trading row of `group` with `rows`.
+fn replace_trade_rows(txn: &WriteTransaction, group: GroupId, rows: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    let mut table = txn.open_table(TRADE).map_err(other)?;
+    let mut old: Vec<Vec<u8>> = Vec::new();
+    for item in table.range((group, &[][..])..).map_err(other)? {
+        let (k, _) = item.map_err(other)?;
+        let (g, key) = k.value();
+        if g != group {
+            break;
+        }
+        old.push(key.to_vec());
+    }
+    for key in old {
+        table.remove((group, key.as_slice())).map_err(other)?;
+    }
+    for (key, value) in rows {
+        table.insert((group, key.as_slice()), value.as_slice()).map_err(other)?;
+    }
+    Ok(())
 }
 
 fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>) {
@@ -381,6 +438,7 @@ impl RaftLogStorage<C> for LogStore {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotBlob {
     kv: Vec<(String, String)>,
+    trade: Vec<Row>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -394,6 +452,7 @@ struct StoredSnapshot {
 pub struct StateMachine {
     store: Arc<Store>,
     group: GroupId,
+    shard: Arc<std::sync::Mutex<Shard>>,
 }
 
 impl StateMachine {
@@ -424,6 +483,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
                 }
                 kv.push((key.to_owned(), decode::<String>(v.value(), &|| format!("group {g} key {key}"))?));
             }
+            let trade = trade_rows(&txn.open_table(TRADE).map_err(other)?, group)?;
             let meta = txn.open_table(META).map_err(other)?;
             let read = |key: &str| -> io::Result<Option<Vec<u8>>> {
                 Ok(meta.get((group, key)).map_err(other)?.map(|v| v.value().to_vec()))
@@ -436,7 +496,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
                 Some(b) => decode(&b, &|| format!("group {group} membership"))?,
                 None => StoredMembership::default(),
             };
-            (SnapshotBlob { kv }, applied, membership)
+            (SnapshotBlob { kv, trade }, applied, membership)
         };
         let data = postcard::to_allocvec(&blob).map_err(other)?;
         let meta = SnapshotMetaOf::<C> { last_log_id: applied, last_membership: membership };
@@ -482,20 +542,50 @@ impl RaftStateMachine<C> for StateMachine {
         let last = last.log_id();
         let mut membership = None;
         let mut changes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        for (entry, _) in &batch {
-            match &entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Normal(Command::Put { key, value }) => changes.push((key.clone(), Some(encode(value)?))),
-                EntryPayload::Normal(Command::Delete { key }) => changes.push((key.clone(), None)),
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()))
+        let mut results: Vec<Vec<OpOutcome>> = Vec::with_capacity(batch.len());
+        let trade_changes = {
+            let mut shard = self.shard.lock().map_err(other)?;
+            for (entry, _) in &batch {
+                let mut outcomes = Vec::new();
+                match &entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(command) => {
+                        for op in &command.ops {
+                            outcomes.push(match op {
+                                Op::Put { key, value } => {
+                                    changes.push((key.clone(), Some(encode(value)?)));
+                                    OpOutcome::Done
+                                }
+                                Op::Delete { key } => {
+                                    changes.push((key.clone(), None));
+                                    OpOutcome::Done
+                                }
+                                Op::Trade(c) => {
+                                    OpOutcome::Trade(shard.apply(&Stamped { at_ms: command.at_ms, command: c.clone() }))
+                                }
+                            });
+                        }
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()))
+                    }
                 }
+                results.push(outcomes);
             }
-        }
+            shard
+                .drain_changes()
+                .into_iter()
+                .map(|(key, row)| {
+                    Ok((postcard::to_allocvec(&key).map_err(other)?, row.map(|r| encode(&r)).transpose()?))
+                })
+                .collect::<io::Result<Vec<_>>>()?
+        };
         let group = self.group;
         let applied = encode(&Some(last))?;
         let membership = membership.map(|m| encode(&m)).transpose()?;
-        // The changes, `last_applied` and the membership in one transaction.
+        // The changes, `last_applied` and the membership in one transaction. Should it fail, the in-memory shard
+        // is ahead of the disk: the error stops this group (openraft treats it as fatal) and a restart reloads
+        // the shard from the disk.
         self.store
             .write(Box::new(move |txn| {
                 let mut kv = txn.open_table(KV).map_err(other)?;
@@ -503,6 +593,13 @@ impl RaftStateMachine<C> for StateMachine {
                     match value {
                         Some(v) => kv.insert((group, key.as_str()), v.as_slice()).map_err(other)?,
                         None => kv.remove((group, key.as_str())).map_err(other)?,
+                    };
+                }
+                let mut trade = txn.open_table(TRADE).map_err(other)?;
+                for (key, value) in &trade_changes {
+                    match value {
+                        Some(v) => trade.insert((group, key.as_slice()), v.as_slice()).map_err(other)?,
+                        None => trade.remove((group, key.as_slice())).map_err(other)?,
                     };
                 }
                 let mut meta = txn.open_table(META).map_err(other)?;
@@ -513,9 +610,9 @@ impl RaftStateMachine<C> for StateMachine {
                 Ok(())
             }))
             .await?;
-        for (entry, responder) in batch {
+        for ((entry, responder), outcomes) in batch.into_iter().zip(results) {
             if let Some(r) = responder {
-                r.send(CommandResult { index: entry.index() });
+                r.send(CommandResult { index: entry.index(), outcomes });
             }
         }
         Ok(())
@@ -539,6 +636,12 @@ impl RaftStateMachine<C> for StateMachine {
         let stored = encode(&StoredSnapshot { meta: meta.clone(), data })?;
         let rows: Vec<(String, Vec<u8>)> =
             blob.kv.iter().map(|(k, v)| Ok((k.clone(), encode(v)?))).collect::<io::Result<_>>()?;
+        let trade_rows: Vec<(Vec<u8>, Vec<u8>)> = blob
+            .trade
+            .iter()
+            .map(|r| Ok((postcard::to_allocvec(&r.key()).map_err(other)?, encode(r)?)))
+            .collect::<io::Result<_>>()?;
+        let shard = Shard::restore(group, blob.trade).map_err(|e| invalid(format!("snapshot of {group}: {e}")))?;
         self.store
             .write(Box::new(move |txn| {
                 let mut kv = txn.open_table(KV).map_err(other)?;
@@ -557,13 +660,16 @@ impl RaftStateMachine<C> for StateMachine {
                 for (key, value) in &rows {
                     kv.insert((group, key.as_str()), value.as_slice()).map_err(other)?;
                 }
+                replace_trade_rows(txn, group, &trade_rows)?;
                 let mut m = txn.open_table(META).map_err(other)?;
                 m.insert((group, "applied"), applied.as_slice()).map_err(other)?;
                 m.insert((group, "membership"), membership.as_slice()).map_err(other)?;
                 m.insert((group, "snapshot"), stored.as_slice()).map_err(other)?;
                 Ok(())
             }))
-            .await
+            .await?;
+        *self.shard.lock().map_err(other)? = shard;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {

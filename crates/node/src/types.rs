@@ -22,27 +22,52 @@ pub struct PeerNode {
     pub http: String,
 }
 
-/// A replicated command: one Raft entry in one partition.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    Put { key: String, value: String },
-    Delete { key: String },
+/// One Raft entry in one partition: a batch of operations proposed together by the partition's leader, with
+/// the leader's clock reading when it proposed them (the business time every replica applies them at).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub at_ms: u64,
+    pub ops: Vec<Op>,
 }
 
-impl fmt::Display for Command {
+/// One client operation. Operations of one entry are applied in order, each on its own: one rejected order does
+/// not undo the others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: String, value: String },
+    Delete { key: String },
+    Trade(rampart_trading::Command),
+}
+
+impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value } => write!(f, "put {key} ({} bytes)", value.len()),
-            Command::Delete { key } => write!(f, "delete {key}"),
+            Op::Put { key, value } => write!(f, "put {key} ({} bytes)", value.len()),
+            Op::Delete { key } => write!(f, "delete {key}"),
+            Op::Trade(c) => write!(f, "{c:?}"),
         }
     }
 }
 
-/// What applying a command returned.
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ops at {} ms", self.ops.len(), self.at_ms)
+    }
+}
+
+/// What applying one operation gave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpOutcome {
+    Done,
+    Trade(rampart_trading::Outcome),
+}
+
+/// What applying an entry returned: one outcome per operation, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
-    /// The log index the command was applied at.
+    /// The log index the entry was applied at.
     pub index: u64,
+    pub outcomes: Vec<OpOutcome>,
 }
 
 openraft::declare_raft_types!(

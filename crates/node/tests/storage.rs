@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let dir = TempDir::new().expect("temp dir");
         let store = Store::open(&dir.path().join("rampart.redb")).expect("open store");
         // Group 7, to show that groups are kept apart in the shared tables.
-        Ok((dir, store.log(7), store.state_machine(7)))
+        Ok((dir, store.log(7), store.state_machine(7).expect("state machine")))
     }
 }
 
@@ -48,7 +48,7 @@ fn a_vote_survives_a_reopen_and_groups_are_separate() {
         let store: Arc<Store> = Store::open(&path).expect("reopen");
         let vote = store.log(1).read_vote().await.expect("read");
         assert_eq!(vote, Some(Vote::new(3, 42)));
-        let mut sm = store.state_machine(1);
+        let mut sm = store.state_machine(1).unwrap();
         let (applied, _) = sm.applied_state().await.expect("applied");
         assert_eq!(applied, None);
     });

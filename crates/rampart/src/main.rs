@@ -8,10 +8,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod demo_cmd;
 mod detect_cmd;
+mod local;
 mod output;
 mod ring_cmd;
 mod serve_cmd;
+mod up_cmd;
 
 /// Rampart: a highly available, disaster-tolerant trading core.
 #[derive(Debug, Parser)]
@@ -23,6 +26,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: a flash sale on a temporary 3-node cluster, a node killed mid-sale, then every promise checked.
+    Demo(demo_cmd::DemoArgs),
+    /// Starts a local cluster in the foreground and prints its URLs; Ctrl-C stops it.
+    Up(up_cmd::UpArgs),
     /// Placement tools: balance and movement of the ring's algorithms.
     Ring {
         #[command(subcommand)]
@@ -42,6 +49,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo_cmd::run(args),
+        Command::Up(args) => up_cmd::run(args),
         Command::Ring { command } => ring_cmd::run(command),
         Command::Detect { command } => detect_cmd::run(command),
         Command::Serve(args) => serve_cmd::run(args),

@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// Raft election timeout in ms (default 120; randomised up to twice that).
     #[arg(long, env = "RAMPART_ELECTION_TIMEOUT_MS")]
     election_timeout_ms: Option<u64>,
+    /// An unpaid order expires this many ms after it was placed (default 900000: 15 minutes).
+    #[arg(long, env = "RAMPART_PAYMENT_DEADLINE_MS")]
+    payment_deadline_ms: Option<u64>,
+    /// How long an idempotency key is remembered, in ms (default 86400000: a day).
+    #[arg(long, env = "RAMPART_IDEMPOTENCY_RETENTION_MS")]
+    idempotency_retention_ms: Option<u64>,
     /// A TOML settings file.
     #[arg(long, env = "RAMPART_CONFIG")]
     config: Option<PathBuf>,
@@ -70,6 +76,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         replicas: args.replicas,
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_ms: args.election_timeout_ms,
+        payment_deadline_ms: args.payment_deadline_ms,
+        idempotency_retention_ms: args.idempotency_retention_ms,
     };
     let config = NodeConfig::from_raw(flags.or(file))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -1,0 +1,423 @@
+//! One partition's trading state and the rules that change it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{
+    Command, IdempotencyRecord, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Row, RowKey,
+    Sku, Stamped, UserId,
+};
+use crate::{MAX_ITEMS, MAX_PRICE_CENTS, MAX_QTY, MAX_STOCK};
+
+/// Why stored rows could not be turned back into a shard: they contradict each other, so they were not written
+/// by this state machine (or were damaged in a way the checksums did not catch).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("stored rows break an invariant: {0}")]
+    Inconsistent(String),
+}
+
+/// The trading state of one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shard {
+    partition: u32,
+    next_seq: u64,
+    /// The latest business time applied: commands stamped earlier (a new leader whose clock lags) act at this time.
+    clock_ms: u64,
+    products: BTreeMap<Sku, Product>,
+    orders: BTreeMap<OrderId, Order>,
+    idempotency: BTreeMap<(UserId, String), IdempotencyRecord>,
+    /// Derived: units each user holds of each product in confirmed or paid orders.
+    held: BTreeMap<(Sku, UserId), u64>,
+    /// Derived: confirmed orders by payment deadline.
+    deadlines: BTreeSet<(u64, OrderId)>,
+    /// Derived: idempotency records by the time they were written.
+    remembered: BTreeSet<(u64, UserId, String)>,
+    /// Rows changed since the last [`Shard::drain_changes`].
+    dirty: BTreeSet<RowKey>,
+}
+
+impl Shard {
+    pub fn new(partition: u32) -> Shard {
+        Shard { partition, ..Shard::default() }
+    }
+
+    /// Rebuilds a shard from the rows [`Shard::drain_changes`] produced, checking every stock invariant.
+    pub fn restore(partition: u32, rows: impl IntoIterator<Item = Row>) -> Result<Shard, RestoreError> {
+        let mut shard = Shard::new(partition);
+        for row in rows {
+            match row {
+                Row::Meta { next_seq, clock_ms } => {
+                    shard.next_seq = next_seq;
+                    shard.clock_ms = clock_ms;
+                }
+                Row::Product(p) => {
+                    if !stock_adds_up(&p) {
+                        return Err(RestoreError::Inconsistent(format!("product {}: stock does not add up", p.sku)));
+                    }
+                    shard.products.insert(p.sku.clone(), p);
+                }
+                Row::Order(o) => {
+                    shard.orders.insert(o.id.clone(), o);
+                }
+                Row::Idempotency(r) => {
+                    shard.remembered.insert((r.at_ms, r.user_id.clone(), r.key.clone()));
+                    shard.idempotency.insert((r.user_id.clone(), r.key.clone()), r);
+                }
+            }
+        }
+        let mut reserved: BTreeMap<Sku, u64> = BTreeMap::new();
+        let mut sold: BTreeMap<Sku, u64> = BTreeMap::new();
+        for o in shard.orders.values() {
+            if o.status == OrderStatus::Confirmed {
+                shard.deadlines.insert((o.pay_deadline_ms, o.id.clone()));
+            }
+            if !o.status.holds_stock() {
+                continue;
+            }
+            for line in &o.items {
+                let units = u64::from(line.qty);
+                *shard.held.entry((line.sku.clone(), o.user_id.clone())).or_default() += units;
+                let to = if o.status == OrderStatus::Paid { &mut sold } else { &mut reserved };
+                *to.entry(line.sku.clone()).or_default() += units;
+            }
+        }
+        // Orders and products must agree; orders of a SKU are all in the SKU's partition.
+        for p in shard.products.values() {
+            let (r, s) = (reserved.remove(&p.sku).unwrap_or(0), sold.remove(&p.sku).unwrap_or(0));
+            if (r, s) != (p.reserved, p.sold) {
+                return Err(RestoreError::Inconsistent(format!(
+                    "product {}: orders hold {r} reserved and {s} sold, the product says {} and {}",
+                    p.sku, p.reserved, p.sold
+                )));
+            }
+        }
+        if let Some(sku) = reserved.keys().chain(sold.keys()).next() {
+            return Err(RestoreError::Inconsistent(format!("orders hold stock of {sku}, which has no product row")));
+        }
+        Ok(shard)
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    pub fn product(&self, sku: &Sku) -> Option<&Product> {
+        self.products.get(sku)
+    }
+
+    pub fn order(&self, id: &OrderId) -> Option<&Order> {
+        self.orders.get(id)
+    }
+
+    pub fn products(&self) -> impl Iterator<Item = &Product> {
+        self.products.values()
+    }
+
+    pub fn orders(&self) -> impl Iterator<Item = &Order> {
+        self.orders.values()
+    }
+
+    /// The latest business time applied.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Whether an [`Command::Expire`] at `now_ms` forgetting records before `forget_before_ms` would change anything:
+    /// the leader proposes one only then.
+    pub fn has_expiry_work(&self, now_ms: u64, forget_before_ms: u64) -> bool {
+        self.deadlines.first().is_some_and(|(d, _)| *d <= now_ms)
+            || self.remembered.first().is_some_and(|(at, _, _)| *at < forget_before_ms)
+    }
+
+    /// Every row changed since the last call: `None` for a row that was deleted.
+    pub fn drain_changes(&mut self) -> Vec<(RowKey, Option<Row>)> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|key| {
+                let row = match &key {
+                    RowKey::Meta => Some(Row::Meta { next_seq: self.next_seq, clock_ms: self.clock_ms }),
+                    RowKey::Product(s) => self.products.get(s).cloned().map(Row::Product),
+                    RowKey::Order(o) => self.orders.get(o).cloned().map(Row::Order),
+                    RowKey::Idempotency(u, k) => {
+                        self.idempotency.get(&(u.clone(), k.clone())).cloned().map(Row::Idempotency)
+                    }
+                };
+                (key, row)
+            })
+            .collect()
+    }
+
+    /// Every row of the shard, for a snapshot.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = vec![Row::Meta { next_seq: self.next_seq, clock_ms: self.clock_ms }];
+        rows.extend(self.products.values().cloned().map(Row::Product));
+        rows.extend(self.orders.values().cloned().map(Row::Order));
+        rows.extend(self.idempotency.values().cloned().map(Row::Idempotency));
+        rows
+    }
+
+    /// Applies one command. Deterministic: the same commands in the same order give the same outcomes and state.
+    pub fn apply(&mut self, stamped: &Stamped) -> Outcome {
+        if stamped.at_ms > self.clock_ms {
+            self.clock_ms = stamped.at_ms;
+            self.dirty.insert(RowKey::Meta);
+        }
+        let now = self.clock_ms;
+        let outcome = match &stamped.command {
+            Command::CreateProduct { sku, name, price_cents, stock, max_per_user } => {
+                self.create_product(sku, name, *price_cents, *stock, *max_per_user)
+            }
+            Command::Restock { sku, qty } => self.restock(sku, *qty),
+            Command::PlaceOrder { user_id, idempotency_key, items, pay_deadline_ms } => {
+                self.place_order(now, user_id, idempotency_key, items, *pay_deadline_ms)
+            }
+            Command::Pay { order_id } => self.close(now, order_id, OrderStatus::Paid),
+            Command::Cancel { order_id } => self.close(now, order_id, OrderStatus::Cancelled),
+            Command::Expire { forget_before_ms } => self.expire(now, *forget_before_ms),
+        };
+        Result::unwrap_or_else(outcome, |rejection| Outcome::Rejected { rejection, replayed: false })
+    }
+
+    fn create_product(
+        &mut self,
+        sku: &Sku,
+        name: &str,
+        price_cents: u64,
+        stock: u64,
+        max_per_user: Option<u32>,
+    ) -> Result<Outcome, Rejection> {
+        if stock > MAX_STOCK || price_cents > MAX_PRICE_CENTS || max_per_user == Some(0) {
+            return Err(Rejection::Invalid(format!("product {sku}: stock, price or max_per_user out of range")));
+        }
+        if self.products.contains_key(sku) {
+            return Err(Rejection::AlreadyExists(sku.clone()));
+        }
+        let product = Product {
+            sku: sku.clone(),
+            name: name.to_owned(),
+            price_cents,
+            max_per_user,
+            available: stock,
+            reserved: 0,
+            sold: 0,
+            added: stock,
+        };
+        self.products.insert(sku.clone(), product.clone());
+        self.dirty.insert(RowKey::Product(sku.clone()));
+        Ok(Outcome::Product(product))
+    }
+
+    fn restock(&mut self, sku: &Sku, qty: u64) -> Result<Outcome, Rejection> {
+        let product = self.products.get_mut(sku).ok_or_else(|| Rejection::UnknownSku(sku.clone()))?;
+        let added = product.added.checked_add(qty).filter(|a| *a <= MAX_STOCK && qty > 0);
+        let Some(added) = added else {
+            return Err(Rejection::Invalid(format!("restock of {sku}: 1 to {MAX_STOCK} units in all")));
+        };
+        product.added = added;
+        product.available += qty;
+        assert_stock(product);
+        self.dirty.insert(RowKey::Product(sku.clone()));
+        Ok(Outcome::Product(product.clone()))
+    }
+
+    fn place_order(
+        &mut self,
+        now: u64,
+        user_id: &UserId,
+        key: &str,
+        items: &[Item],
+        pay_deadline_ms: u64,
+    ) -> Result<Outcome, Rejection> {
+        let record_key = (user_id.clone(), key.to_owned());
+        if let Some(record) = self.idempotency.get(&record_key) {
+            if record.items != items {
+                return Err(Rejection::KeyReused { order_id: record.answer.as_ref().ok().cloned() });
+            }
+            return Ok(match &record.answer {
+                Ok(id) => match self.orders.get(id) {
+                    Some(order) => Outcome::Order { order: order.clone(), replayed: true },
+                    None => Outcome::Rejected { rejection: Rejection::UnknownOrder(id.clone()), replayed: true },
+                },
+                Err(rejection) => Outcome::Rejected { rejection: rejection.clone(), replayed: true },
+            });
+        }
+        validate_items(items)?;
+        // Check every line before changing anything: all or nothing.
+        let mut lines = Vec::with_capacity(items.len());
+        let mut total_cents: u64 = 0;
+        let mut refusal = None;
+        for item in items {
+            let Some(p) = self.products.get(&item.sku) else {
+                refusal = Some(Rejection::UnknownSku(item.sku.clone()));
+                break;
+            };
+            let qty = u64::from(item.qty);
+            if p.available < qty {
+                refusal = Some(Rejection::OutOfStock { sku: item.sku.clone(), available: p.available });
+                break;
+            }
+            if let Some(max) = p.max_per_user {
+                let held = self.held.get(&(item.sku.clone(), user_id.clone())).copied().unwrap_or(0);
+                if held + qty > u64::from(max) {
+                    refusal = Some(Rejection::LimitExceeded { sku: item.sku.clone(), max_per_user: max });
+                    break;
+                }
+            }
+            let Some(t) = p.price_cents.checked_mul(qty).and_then(|line| total_cents.checked_add(line)) else {
+                return Err(Rejection::Invalid("the order's total overflows".into()));
+            };
+            total_cents = t;
+            lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents });
+        }
+        let answer = match refusal {
+            Some(rejection) => Err(rejection),
+            None => {
+                let id = OrderId::new(self.partition, self.next_seq);
+                self.next_seq += 1;
+                self.dirty.insert(RowKey::Meta);
+                for line in &lines {
+                    let qty = u64::from(line.qty);
+                    let p = self.products.get_mut(&line.sku).expect("checked above");
+                    p.available -= qty;
+                    p.reserved += qty;
+                    assert_stock(p);
+                    let held = self.held.entry((line.sku.clone(), user_id.clone())).or_default();
+                    *held += qty;
+                    if let Some(max) = p.max_per_user {
+                        assert!(*held <= u64::from(max), "{}: user {user_id} holds {held} > {max}", line.sku);
+                    }
+                    self.dirty.insert(RowKey::Product(line.sku.clone()));
+                }
+                let order = Order {
+                    id: id.clone(),
+                    user_id: user_id.clone(),
+                    idempotency_key: key.to_owned(),
+                    items: lines,
+                    total_cents,
+                    status: OrderStatus::Confirmed,
+                    placed_ms: now,
+                    pay_deadline_ms,
+                    closed_ms: None,
+                };
+                self.deadlines.insert((pay_deadline_ms, id.clone()));
+                self.orders.insert(id.clone(), order);
+                self.dirty.insert(RowKey::Order(id.clone()));
+                Ok(id)
+            }
+        };
+        let record = IdempotencyRecord {
+            user_id: user_id.clone(),
+            key: key.to_owned(),
+            items: items.to_vec(),
+            at_ms: now,
+            answer: answer.clone(),
+        };
+        self.remembered.insert((now, user_id.clone(), key.to_owned()));
+        self.idempotency.insert(record_key, record);
+        self.dirty.insert(RowKey::Idempotency(user_id.clone(), key.to_owned()));
+        match answer {
+            Ok(id) => Ok(Outcome::Order { order: self.orders[&id].clone(), replayed: false }),
+            Err(rejection) => Err(rejection),
+        }
+    }
+
+    /// Moves a confirmed order to `to` (paid or cancelled). An order past its deadline expires first.
+    fn close(&mut self, now: u64, id: &OrderId, to: OrderStatus) -> Result<Outcome, Rejection> {
+        let order = self.orders.get(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        if order.status == OrderStatus::Confirmed && order.pay_deadline_ms <= now {
+            self.finish(id, OrderStatus::Expired, now);
+        }
+        let order = &self.orders[id];
+        match order.status {
+            s if s == to => Ok(Outcome::Order { order: order.clone(), replayed: true }),
+            OrderStatus::Confirmed => {
+                self.finish(id, to, now);
+                Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
+            }
+            status => Err(Rejection::InvalidState { order_id: id.clone(), status }),
+        }
+    }
+
+    /// Moves a confirmed order to a final state and its reserved stock to sold (paid) or back to available.
+    fn finish(&mut self, id: &OrderId, to: OrderStatus, now: u64) {
+        let order = self.orders.get_mut(id).expect("caller checked");
+        assert_eq!(order.status, OrderStatus::Confirmed, "order {id}: only a confirmed order can be closed");
+        order.status = to;
+        order.closed_ms = Some(now);
+        self.deadlines.remove(&(order.pay_deadline_ms, id.clone()));
+        for line in &order.items {
+            let qty = u64::from(line.qty);
+            let p = self.products.get_mut(&line.sku).expect("an order's products exist");
+            p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every confirmed order");
+            if to == OrderStatus::Paid {
+                p.sold += qty;
+            } else {
+                p.available += qty;
+                let key = (line.sku.clone(), order.user_id.clone());
+                let held = self.held.get_mut(&key).expect("a confirmed order's units are held");
+                *held = held.checked_sub(qty).expect("held units cover every confirmed order");
+                if *held == 0 {
+                    self.held.remove(&key);
+                }
+            }
+            assert_stock(p);
+            self.dirty.insert(RowKey::Product(line.sku.clone()));
+        }
+        self.dirty.insert(RowKey::Order(id.clone()));
+    }
+
+    fn expire(&mut self, now: u64, forget_before_ms: u64) -> Result<Outcome, Rejection> {
+        let mut orders = 0;
+        while let Some((deadline, id)) = self.deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.finish(&id, OrderStatus::Expired, now);
+            orders += 1;
+        }
+        let mut forgotten = 0;
+        while let Some((at, user, key)) = self.remembered.first().cloned() {
+            if at >= forget_before_ms {
+                break;
+            }
+            self.remembered.pop_first();
+            self.idempotency.remove(&(user.clone(), key.clone()));
+            self.dirty.insert(RowKey::Idempotency(user, key));
+            forgotten += 1;
+        }
+        Ok(Outcome::Expired { orders, forgotten })
+    }
+}
+
+fn validate_items(items: &[Item]) -> Result<(), Rejection> {
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return Err(Rejection::Invalid(format!("items: 1 to {MAX_ITEMS} lines")));
+    }
+    let mut seen = BTreeSet::new();
+    for item in items {
+        if item.qty == 0 || item.qty > MAX_QTY {
+            return Err(Rejection::Invalid(format!("qty of {}: 1 to {MAX_QTY}", item.sku)));
+        }
+        if !seen.insert(&item.sku) {
+            return Err(Rejection::Invalid(format!("items: {} appears twice", item.sku)));
+        }
+    }
+    Ok(())
+}
+
+fn stock_adds_up(p: &Product) -> bool {
+    p.available.checked_add(p.reserved).and_then(|s| s.checked_add(p.sold)) == Some(p.added)
+}
+
+/// P2: every unit added is available, reserved or sold, exactly once. A failure is a bug in this module.
+fn assert_stock(p: &Product) {
+    assert!(
+        stock_adds_up(p),
+        "stock invariant broken for {}: available {} + reserved {} + sold {} != added {}",
+        p.sku,
+        p.available,
+        p.reserved,
+        p.sold,
+        p.added
+    );
+}

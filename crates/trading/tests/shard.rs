@@ -1,0 +1,257 @@
+//! The trading state machine: scripted scenarios with exact outcomes, then random command sequences.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use rampart_trading::{
+    Command, Item, OrderId, OrderStatus, Outcome, Rejection, Row, RowKey, Shard, Sku, Stamped, UserId,
+};
+
+const MIN: u64 = 60_000;
+
+fn sku(s: &str) -> Sku {
+    Sku(s.into())
+}
+
+fn user(u: &str) -> UserId {
+    UserId(u.into())
+}
+
+fn at(at_ms: u64, command: Command) -> Stamped {
+    Stamped { at_ms, command }
+}
+
+fn create(s: &str, stock: u64, max_per_user: Option<u32>) -> Command {
+    Command::CreateProduct { sku: sku(s), name: format!("{s} name"), price_cents: 250, stock, max_per_user }
+}
+
+fn order(u: &str, key: &str, items: &[(&str, u32)], deadline: u64) -> Command {
+    Command::PlaceOrder {
+        user_id: user(u),
+        idempotency_key: key.into(),
+        items: items.iter().map(|(s, q)| Item { sku: sku(s), qty: *q }).collect(),
+        pay_deadline_ms: deadline,
+    }
+}
+
+fn placed(o: Outcome) -> (OrderId, bool) {
+    match o {
+        Outcome::Order { order, replayed } => (order.id, replayed),
+        other => panic!("expected an order, got {other:?}"),
+    }
+}
+
+fn rejected(o: Outcome) -> (Rejection, bool) {
+    match o {
+        Outcome::Rejected { rejection, replayed } => (rejection, replayed),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn stock(shard: &Shard, s: &str) -> (u64, u64, u64) {
+    let p = shard.product(&sku(s)).expect("product exists");
+    (p.available, p.reserved, p.sold)
+}
+
+#[test]
+fn an_order_reserves_payment_sells_and_a_retry_returns_the_same_order() {
+    let mut shard = Shard::new(7);
+    shard.apply(&at(1, create("hot", 10, None)));
+    let (id, replayed) = placed(shard.apply(&at(2, order("u1", "k1", &[("hot", 3)], 15 * MIN))));
+    assert_eq!((id.0.as_str(), replayed), ("7-0", false));
+    assert_eq!(id.partition(), Some(7));
+    assert_eq!(stock(&shard, "hot"), (7, 3, 0));
+    // The same request again: the same order, nothing more reserved.
+    assert_eq!(placed(shard.apply(&at(3, order("u1", "k1", &[("hot", 3)], 15 * MIN)))), (id.clone(), true));
+    assert_eq!(stock(&shard, "hot"), (7, 3, 0));
+    // The same key for another request is refused and changes nothing.
+    let (r, _) = rejected(shard.apply(&at(4, order("u1", "k1", &[("hot", 1)], 15 * MIN))));
+    assert_eq!(r, Rejection::KeyReused { order_id: Some(id.clone()) });
+    // Another user may use the same key.
+    let (other, _) = placed(shard.apply(&at(4, order("u2", "k1", &[("hot", 1)], 15 * MIN))));
+    assert_ne!(other, id);
+    assert_eq!(placed(shard.apply(&at(5, Command::Pay { order_id: id.clone() }))), (id.clone(), false));
+    assert_eq!(stock(&shard, "hot"), (6, 1, 3));
+    assert_eq!(placed(shard.apply(&at(6, Command::Pay { order_id: id.clone() }))), (id.clone(), true));
+    let (r, _) = rejected(shard.apply(&at(7, Command::Cancel { order_id: id.clone() })));
+    assert_eq!(r, Rejection::InvalidState { order_id: id, status: OrderStatus::Paid });
+}
+
+#[test]
+fn an_order_is_all_or_nothing_and_a_rejection_is_remembered() {
+    let mut shard = Shard::new(0);
+    shard.apply(&at(1, create("a", 5, None)));
+    shard.apply(&at(1, create("b", 1, None)));
+    let (r, replayed) = rejected(shard.apply(&at(2, order("u", "k", &[("a", 2), ("b", 2)], MIN))));
+    assert_eq!((r, replayed), (Rejection::OutOfStock { sku: sku("b"), available: 1 }, false));
+    assert_eq!(stock(&shard, "a"), (5, 0, 0), "nothing reserved when one line fails");
+    // A restock does not change the remembered answer for the same key: the retry is the same request.
+    shard.apply(&at(3, Command::Restock { sku: sku("b"), qty: 10 }));
+    let (r, replayed) = rejected(shard.apply(&at(4, order("u", "k", &[("a", 2), ("b", 2)], MIN))));
+    assert_eq!((r, replayed), (Rejection::OutOfStock { sku: sku("b"), available: 1 }, true));
+    let (r, _) = rejected(shard.apply(&at(5, order("u", "k2", &[("zz", 1)], MIN))));
+    assert_eq!(r, Rejection::UnknownSku(sku("zz")));
+    let (r, _) = rejected(shard.apply(&at(5, order("u", "k3", &[("a", 1), ("a", 1)], MIN))));
+    assert!(matches!(r, Rejection::Invalid(_)), "{r:?}");
+    let (r, _) = rejected(shard.apply(&at(5, create("a", 1, None))));
+    assert_eq!(r, Rejection::AlreadyExists(sku("a")));
+}
+
+#[test]
+fn one_per_customer_holds_until_the_order_is_released() {
+    let mut shard = Shard::new(0);
+    shard.apply(&at(1, create("hot", 100, Some(1))));
+    let (first, _) = placed(shard.apply(&at(2, order("u", "k1", &[("hot", 1)], MIN))));
+    let (r, _) = rejected(shard.apply(&at(3, order("u", "k2", &[("hot", 1)], MIN))));
+    assert_eq!(r, Rejection::LimitExceeded { sku: sku("hot"), max_per_user: 1 });
+    placed(shard.apply(&at(3, Command::Cancel { order_id: first })));
+    let (_, replayed) = placed(shard.apply(&at(4, order("u", "k3", &[("hot", 1)], MIN))));
+    assert!(!replayed);
+    assert_eq!(stock(&shard, "hot"), (99, 1, 0));
+}
+
+#[test]
+fn unpaid_orders_expire_at_their_deadline_and_records_are_forgotten_after_retention() {
+    let mut shard = Shard::new(0);
+    shard.apply(&at(0, create("a", 10, Some(2))));
+    let (early, _) = placed(shard.apply(&at(1_000, order("u", "k1", &[("a", 2)], 5_000))));
+    let (late, _) = placed(shard.apply(&at(2_000, order("v", "k1", &[("a", 2)], 9_000))));
+    assert!(!shard.has_expiry_work(4_999, 0));
+    assert!(shard.has_expiry_work(5_000, 0));
+    let out = shard.apply(&at(5_000, Command::Expire { forget_before_ms: 0 }));
+    assert_eq!(out, Outcome::Expired { orders: 1, forgotten: 0 });
+    assert_eq!(shard.order(&early).map(|o| o.status), Some(OrderStatus::Expired));
+    assert_eq!(stock(&shard, "a"), (8, 2, 0));
+    // Paying after the deadline, before any expiry command: the order expires then and there.
+    let (r, _) = rejected(shard.apply(&at(9_000, Command::Pay { order_id: late.clone() })));
+    assert_eq!(r, Rejection::InvalidState { order_id: late, status: OrderStatus::Expired });
+    assert_eq!(stock(&shard, "a"), (10, 0, 0));
+    // The user's limit is free again.
+    placed(shard.apply(&at(9_001, order("u", "k2", &[("a", 2)], 20_000))));
+    // Records written before 2_000 are forgotten: the key may then name a new order.
+    let out = shard.apply(&at(9_002, Command::Expire { forget_before_ms: 2_000 }));
+    assert_eq!(out, Outcome::Expired { orders: 0, forgotten: 1 });
+    shard.apply(&at(9_003, Command::Cancel { order_id: OrderId("0-2".into()) }));
+    let (again, replayed) = placed(shard.apply(&at(9_004, order("u", "k1", &[("a", 2)], 20_000))));
+    assert_eq!((again.0.as_str(), replayed), ("0-3", false));
+}
+
+#[test]
+fn a_lagging_leader_clock_cannot_move_business_time_back() {
+    let mut shard = Shard::new(0);
+    shard.apply(&at(0, create("a", 1, None)));
+    let (id, _) = placed(shard.apply(&at(10_000, order("u", "k", &[("a", 1)], 12_000))));
+    shard.apply(&at(13_000, Command::Expire { forget_before_ms: 0 }));
+    // A new leader whose clock reads 11_000 cannot pay an order that already expired at 13_000.
+    let (r, _) = rejected(shard.apply(&at(11_000, Command::Pay { order_id: id.clone() })));
+    assert_eq!(r, Rejection::InvalidState { order_id: id, status: OrderStatus::Expired });
+    assert_eq!(shard.clock_ms(), 13_000);
+}
+
+#[test]
+fn restore_refuses_rows_that_do_not_add_up() {
+    let mut shard = Shard::new(0);
+    shard.apply(&at(0, create("a", 5, None)));
+    placed(shard.apply(&at(1, order("u", "k", &[("a", 2)], MIN))));
+    let mut rows = shard.rows();
+    for row in &mut rows {
+        if let Row::Product(p) = row {
+            p.reserved = 1;
+            p.available = 4;
+        }
+    }
+    assert!(Shard::restore(0, rows).is_err());
+    shard.drain_changes();
+    assert_eq!(Shard::restore(0, shard.rows()), Ok(shard.clone()));
+}
+
+/// A small world: few SKUs, users and keys, so that orders collide, run out and retry.
+fn command() -> impl Strategy<Value = Command> {
+    let s = || (0..3u8).prop_map(|i| sku(&format!("s{i}")));
+    let u = || (0..3u8).prop_map(|i| user(&format!("u{i}")));
+    let id = || (0..12u64).prop_map(|i| OrderId::new(0, i));
+    prop_oneof![
+        (s(), 0..20u64, proptest::option::of(1..3u32)).prop_map(|(sku, stock, max_per_user)| {
+            Command::CreateProduct { sku, name: "n".into(), price_cents: 100, stock, max_per_user }
+        }),
+        (s(), 0..5u64).prop_map(|(sku, qty)| Command::Restock { sku, qty }),
+        (u(), 0..4u8, proptest::collection::vec((s(), 0..4u32), 0..3), 0..200u64).prop_map(
+            |(user_id, key, items, deadline)| Command::PlaceOrder {
+                user_id,
+                idempotency_key: format!("k{key}"),
+                items: items.into_iter().map(|(sku, qty)| Item { sku, qty }).collect(),
+                pay_deadline_ms: deadline,
+            }
+        ),
+        id().prop_map(|order_id| Command::Pay { order_id }),
+        id().prop_map(|order_id| Command::Cancel { order_id }),
+        (0..200u64).prop_map(|forget_before_ms| Command::Expire { forget_before_ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Stock always adds up (also asserted inside every apply), limits hold, replicas agree, and the persisted
+    /// rows restore the exact state at every step.
+    #[test]
+    fn random_commands_keep_every_invariant(
+        commands in proptest::collection::vec((0..20u64, command()), 1..80),
+    ) {
+        let mut a = Shard::new(0);
+        let mut b = Shard::new(0);
+        let mut disk: BTreeMap<RowKey, Row> = BTreeMap::new();
+        let mut time = 0;
+        for (step, command) in commands {
+            time += step;
+            let stamped = Stamped { at_ms: time, command };
+            let out = a.apply(&stamped);
+            prop_assert_eq!(&out, &b.apply(&stamped), "replicas disagree");
+            for (key, row) in a.drain_changes() {
+                match row {
+                    Some(row) => disk.insert(key, row),
+                    None => disk.remove(&key),
+                };
+            }
+            let restored = Shard::restore(0, disk.values().cloned());
+            prop_assert_eq!(restored.as_ref(), Ok(&a), "restore from the drained rows differs");
+            for p in a.products() {
+                prop_assert_eq!(p.available + p.reserved + p.sold, p.added);
+                if let Some(max) = p.max_per_user {
+                    for u in 0..3 {
+                        let held: u64 = a
+                            .orders()
+                            .filter(|o| o.user_id.0 == format!("u{u}") && o.status.holds_stock())
+                            .flat_map(|o| o.items.iter().filter(|l| l.sku == p.sku).map(|l| u64::from(l.qty)))
+                            .sum();
+                        prop_assert!(held <= u64::from(max), "user u{} holds {} of {}", u, held, p.sku);
+                    }
+                }
+            }
+            // A retry of any placed order's request returns that order and changes nothing.
+            if let Outcome::Order { order, replayed: false } = &out {
+                if order.status == OrderStatus::Confirmed && order.placed_ms == time {
+                    let before = a.clone();
+                    let retry = Command::PlaceOrder {
+                        user_id: order.user_id.clone(),
+                        idempotency_key: order.idempotency_key.clone(),
+                        items: order.items.iter().map(|l| Item { sku: l.sku.clone(), qty: l.qty }).collect(),
+                        pay_deadline_ms: order.pay_deadline_ms,
+                    };
+                    let mut probe = a.clone();
+                    match probe.apply(&Stamped { at_ms: time, command: retry }) {
+                        Outcome::Order { order: again, replayed } => {
+                            prop_assert!(replayed);
+                            prop_assert_eq!(&again.id, &order.id);
+                        }
+                        other => prop_assert!(false, "retry gave {:?}", other),
+                    }
+                    probe.drain_changes();
+                    let mut settled = before.clone();
+                    settled.drain_changes();
+                    prop_assert_eq!(probe, settled, "a retry changed the state");
+                }
+            }
+        }
+    }
+}

@@ -133,6 +133,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         let _ =
             writeln!(out, "rampart_raft_is_leader{{partition=\"{g}\"}} {}", u8::from(m.state == ServerState::Leader));
     }
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &node.store.stats;
+    let counters = [
+        ("rampart_store_commits_total", "storage transactions committed", stats.commits.load(Relaxed)),
+        ("rampart_store_durable_commits_total", "of which fsync'd", stats.durable_commits.load(Relaxed)),
+        ("rampart_store_writes_total", "writes those transactions carried", stats.writes.load(Relaxed)),
+        ("rampart_proposed_entries_total", "Raft entries proposed by this node", node.proposed.0.load(Relaxed)),
+        ("rampart_proposed_ops_total", "client operations those entries carried", node.proposed.1.load(Relaxed)),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -44,7 +44,7 @@ const QUEUE_MAX: usize = 16_384;
 const BATCH_OPS_MAX: usize = 1024;
 /// Entries of one partition proposed and not yet applied. While they are all in flight, new operations queue
 /// and go together in the next entry: the busier a partition, the bigger its entries.
-const INFLIGHT_MAX: usize = 4;
+const INFLIGHT_MAX: usize = 2;
 /// How often a leader looks for unpaid orders past their deadline.
 const EXPIRY_EVERY: Duration = Duration::from_millis(500);
 
@@ -94,6 +94,8 @@ pub struct Node {
     pub membership: Arc<Membership>,
     /// Each local group's queue of operations for its next entry (used while this node leads the group).
     proposers: BTreeMap<GroupId, mpsc::Sender<Proposal>>,
+    /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
+    pub proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -152,6 +154,7 @@ impl Node {
         );
         let mut groups = BTreeMap::new();
         let mut proposers = BTreeMap::new();
+        let proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)> = Arc::default();
         let mut tasks = Vec::new();
         let mut founders = Vec::new();
         for p in 0..config.partitions {
@@ -167,7 +170,7 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             let (tx, rx) = mpsc::channel(QUEUE_MAX);
-            tasks.push(tokio::spawn(propose_loop(raft.clone(), p, rx, config.payment_deadline)));
+            tasks.push(tokio::spawn(propose_loop(raft.clone(), p, rx, config.payment_deadline, proposed.clone())));
             proposers.insert(p, tx);
             if replicas.first() == Some(&me) {
                 founders.push((p, replicas));
@@ -192,6 +195,7 @@ impl Node {
             groups,
             membership,
             proposers,
+            proposed,
             tasks: std::sync::Mutex::new(tasks),
         });
         let listener = TcpListener::bind(node.config.peer).await.map_err(|e| StartError::Bind(node.config.peer, e))?;
@@ -260,11 +264,16 @@ impl Node {
     async fn route(&self, group: GroupId, request: Request) -> Result<Answer, RequestError> {
         let leader = match self.groups.get(&group) {
             Some(raft) => {
-                let m = raft.metrics().borrow_watched().clone();
-                if m.state == ServerState::Leader {
+                // Read the two fields in place: cloning the whole metrics on every request is measurable.
+                let (state, leader) = {
+                    let m = raft.metrics();
+                    let m = m.borrow_watched();
+                    (m.state, m.current_leader)
+                };
+                if state == ServerState::Leader {
                     return self.serve_local(group, request).await;
                 }
-                m.current_leader
+                leader
             }
             None => None,
         };
@@ -374,7 +383,13 @@ fn now_ms() -> u64 {
 }
 
 /// Proposes one group's queued operations: up to [`BATCH_OPS_MAX`] per entry, [`INFLIGHT_MAX`] entries at a time.
-async fn propose_loop(raft: GroupRaft, group: GroupId, mut rx: mpsc::Receiver<Proposal>, pay_within: Duration) {
+async fn propose_loop(
+    raft: GroupRaft,
+    group: GroupId,
+    mut rx: mpsc::Receiver<Proposal>,
+    pay_within: Duration,
+    proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+) {
     let inflight = Arc::new(Semaphore::new(INFLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
@@ -385,6 +400,8 @@ async fn propose_loop(raft: GroupRaft, group: GroupId, mut rx: mpsc::Receiver<Pr
                 Err(_) => break,
             }
         }
+        proposed.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        proposed.1.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
             let at_ms = now_ms();

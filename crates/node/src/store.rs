@@ -28,7 +28,7 @@ use openraft::storage::{
 };
 use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -52,7 +52,18 @@ type C = TypeConfig;
 const SHAPE_GROUP: GroupId = u32::MAX;
 type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
 
-type Job = (Write, oneshot::Sender<io::Result<()>>);
+/// A write, whether it must be on disk before its waiter hears back, and the waiter.
+type Job = (Write, Sync, oneshot::Sender<io::Result<()>>);
+
+/// Whether a write needs an fsync before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// Votes, log entries, snapshots: openraft's durability contract.
+    Durable,
+    /// State-machine applies: the entries they apply are durable in the log, and a restart re-applies from the
+    /// last durable `last_applied`; the next durable commit (at most one group commit later) persists them too.
+    Lazy,
+}
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -95,6 +106,15 @@ pub struct Store {
     shards: std::sync::Mutex<std::collections::BTreeMap<GroupId, Arc<std::sync::Mutex<Shard>>>>,
     writer: Option<std_mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Commits done and writes they carried, durable commits among them (for `/metrics`).
+    pub stats: Arc<StoreStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub durable_commits: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Store {
@@ -123,17 +143,28 @@ impl Store {
         }
         let (tx, rx) = std_mpsc::channel::<Job>();
         let writer_db = db.clone();
-        let thread = std::thread::Builder::new()
-            .name("rampart-store-writer".into())
-            .spawn(move || write_loop(&writer_db, &rx))?;
-        Ok(Arc::new(Store { db, shards: Default::default(), writer: Some(tx), thread: Some(thread) }))
+        let stats = Arc::new(StoreStats::default());
+        let thread = std::thread::Builder::new().name("rampart-store-writer".into()).spawn({
+            let stats = stats.clone();
+            move || write_loop(&writer_db, &rx, &stats)
+        })?;
+        Ok(Arc::new(Store { db, shards: Default::default(), writer: Some(tx), thread: Some(thread), stats }))
     }
 
     /// Runs `write` in the next group commit and waits until it is durable.
     async fn write(&self, write: Write) -> io::Result<()> {
+        self.enqueue(write, Sync::Durable).await
+    }
+
+    /// Runs `write` in the next group commit and waits until it is committed (durable or not).
+    async fn write_lazy(&self, write: Write) -> io::Result<()> {
+        self.enqueue(write, Sync::Lazy).await
+    }
+
+    async fn enqueue(&self, write: Write, sync: Sync) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
-        writer.send((write, tx)).map_err(|_| other("the storage writer has stopped"))?;
+        writer.send((write, sync, tx)).map_err(|_| other("the storage writer has stopped"))?;
         rx.await.map_err(|_| other("the storage writer has stopped"))?
     }
 
@@ -232,7 +263,7 @@ fn replace_trade_rows(txn: &WriteTransaction, group: GroupId, rows: &[(Vec<u8>, 
     Ok(())
 }
 
-fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>) {
+fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, stats: &StoreStats) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
@@ -241,9 +272,17 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+        let durable = batch.iter().any(|(_, sync, _)| *sync == Sync::Durable);
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.commits.fetch_add(1, Relaxed);
+        stats.durable_commits.fetch_add(u64::from(durable), Relaxed);
+        stats.writes.fetch_add(batch.len() as u64, Relaxed);
+        let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().map(|(w, _, tx)| (w, tx)).unzip();
         let result = (|| {
-            let txn = db.begin_write().map_err(other)?;
+            let mut txn = db.begin_write().map_err(other)?;
+            if !durable {
+                txn.set_durability(Durability::None).map_err(other)?;
+            }
             for w in writes {
                 w(&txn)?;
             }
@@ -583,11 +622,11 @@ impl RaftStateMachine<C> for StateMachine {
         let group = self.group;
         let applied = encode(&Some(last))?;
         let membership = membership.map(|m| encode(&m)).transpose()?;
-        // The changes, `last_applied` and the membership in one transaction. Should it fail, the in-memory shard
-        // is ahead of the disk: the error stops this group (openraft treats it as fatal) and a restart reloads
-        // the shard from the disk.
+        // The changes, `last_applied` and the membership in one transaction, committed without waiting for an
+        // fsync of its own (see `Sync::Lazy`). Should it fail, the in-memory shard is ahead of the disk: the error
+        // stops this group (openraft treats it as fatal) and a restart reloads the shard from the disk.
         self.store
-            .write(Box::new(move |txn| {
+            .write_lazy(Box::new(move |txn| {
                 let mut kv = txn.open_table(KV).map_err(other)?;
                 for (key, value) in &changes {
                     match value {

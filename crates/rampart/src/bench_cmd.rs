@@ -1,5 +1,6 @@
 //! `rampart bench`: a bounded load generator against a running cluster.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,21 @@ use hyper_util::rt::TokioExecutor;
 enum Workload {
     /// Durable replicated key-value writes (`PUT /v1/kv/{key}`).
     Kv,
+    /// Orders of one hot SKU (one unit each, a new customer and idempotency key per order): one partition takes
+    /// every write.
+    FlashSale,
+    /// Orders spread over --skus SKUs (one unit each).
+    Uniform,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Kv => "kv",
+            Workload::FlashSale => "flash-sale",
+            Workload::Uniform => "uniform",
+        }
+    }
 }
 
 /// Runs --clients concurrent clients for --duration-s seconds (and at most --max-ops requests), each sending
@@ -45,15 +61,56 @@ pub struct BenchArgs {
     /// Distinct keys written (1 for a single hot key).
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
-    /// Key prefix.
+    /// SKUs of the uniform workload (created first, with enough stock never to run out).
+    #[arg(long, default_value_t = 1_000)]
+    skus: u64,
+    /// Key prefix (kv), SKU and customer prefix (trading workloads; a fresh one per run by default).
     #[arg(long, default_value = "bench")]
     prefix: String,
     /// Value size in bytes (1 to 16384).
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Where each request goes: `leader` sends it to the node that leads its key's partition (learnt from
+    /// `/v1/cluster` every 500 ms, as a smart client would), `any` to the client's node in turn (which forwards).
+    #[arg(long, value_enum, default_value_t = Route::Leader)]
+    route: Route,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Route {
+    Leader,
+    Any,
+}
+
+/// Each partition's leader's HTTP address, as last seen in the cluster view.
+#[derive(Debug, Default)]
+struct Leaders {
+    partitions: u32,
+    http: Vec<Option<String>>,
+}
+
+impl Leaders {
+    async fn fetch(client: &rampart_client::Client) -> Option<Leaders> {
+        let view = client.cluster().await.ok()?;
+        let http: BTreeMap<&str, &str> =
+            view["nodes"].as_array()?.iter().filter_map(|n| Some((n["id"].as_str()?, n["http"].as_str()?))).collect();
+        let partitions = view["partitions"].as_array()?;
+        let leaders =
+            partitions.iter().map(|p| p["leader"].as_str().and_then(|l| http.get(l)).map(|h| h.to_string())).collect();
+        Some(Leaders { partitions: partitions.len() as u32, http: leaders })
+    }
+
+    /// The leader's address for `key`, if known.
+    fn target(&self, key: &str) -> Option<&str> {
+        if self.partitions == 0 {
+            return None;
+        }
+        let p = rampart_ring::hash::reduce(rampart_ring::hash::key_hash(key.as_bytes()), self.partitions);
+        self.http.get(p as usize)?.as_deref()
+    }
 }
 
 struct Shared {
@@ -74,7 +131,67 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let addrs: Vec<String> =
         args.addr.iter().map(|a| a.trim().trim_start_matches("http://").trim_end_matches('/').to_owned()).collect();
+    if !(1..=100_000).contains(&args.skus) {
+        bail!("--skus: use 1 to 100000");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The trading workloads sell from products created now, under a prefix of this run's own.
+    let run = format!(
+        "{}-{:x}",
+        args.prefix,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+    );
+    let skus: Vec<String> = match args.workload {
+        Workload::Kv => Vec::new(),
+        Workload::FlashSale => vec![format!("{run}-hot")],
+        Workload::Uniform => (0..args.skus).map(|i| format!("{run}-{i}")).collect(),
+    };
+    if !skus.is_empty() {
+        let client = rampart_client::Client::new(&addrs, rampart_client::Retry::default())?;
+        runtime.block_on(async {
+            let product = rampart_client::NewProduct {
+                name: "bench".into(),
+                price_cents: 100,
+                stock: rampart_trading::MAX_STOCK,
+                max_per_user: None,
+            };
+            for chunk in skus.chunks(64) {
+                let created = futures_util::future::join_all(chunk.iter().map(|s| client.create_product(s, &product)));
+                for r in created.await {
+                    r.context("creating the products")?;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+    }
+    let skus = Arc::new(skus);
+    let leaders = Arc::new(std::sync::RwLock::new(Leaders::default()));
+    let refresher = (args.route == Route::Leader).then(|| {
+        let leaders = leaders.clone();
+        let client = rampart_client::Client::new(&addrs, rampart_client::Retry { attempts: 1, ..Default::default() });
+        runtime.spawn(async move {
+            let Ok(client) = client else { return };
+            loop {
+                if let Some(l) = Leaders::fetch(&client).await {
+                    if let Ok(mut w) = leaders.write() {
+                        *w = l;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    });
+    if refresher.is_some() {
+        // The first view, before the clock starts.
+        runtime.block_on(async {
+            for _ in 0..50 {
+                if leaders.read().is_ok_and(|l| l.partitions > 0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
     let shared = Arc::new(Shared {
         ok: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -93,24 +210,43 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let body = Bytes::from(format!(r#"{{"value":"{value}"}}"#));
         let mut tasks = Vec::new();
         for c in 0..args.clients {
-            let (client, body, shared) = (client.clone(), body.clone(), shared.clone());
-            let addr = addrs[c % addrs.len()].clone();
-            let (keys, prefix, max_ops) = (args.keys, args.prefix.clone(), args.max_ops);
+            let (client, body, shared, skus) = (client.clone(), body.clone(), shared.clone(), skus.clone());
+            let leaders = leaders.clone();
+            let home = addrs[c % addrs.len()].clone();
+            let (keys, prefix, max_ops, workload, run) =
+                (args.keys, args.prefix.clone(), args.max_ops, args.workload, run.clone());
             tasks.push(tokio::spawn(async move {
                 let mut seq = c as u64;
+                let mut n = 0u64;
                 while Instant::now() < deadline && shared.issued.fetch_add(1, Ordering::Relaxed) < max_ops {
-                    let key = format!("{prefix}-{}", seq % keys);
-                    seq += 7919 * (c as u64 + 1);
-                    let request = Request::put(format!("http://{addr}/v1/kv/{key}"))
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .body(Full::new(body.clone()));
+                    n += 1;
+                    let target = |key: &str| {
+                        leaders.read().ok().and_then(|l| l.target(key).map(str::to_owned)).unwrap_or(home.clone())
+                    };
+                    let request = if workload == Workload::Kv {
+                        let key = format!("{prefix}-{}", seq % keys);
+                        seq += 7919 * (c as u64 + 1);
+                        let addr = target(&key);
+                        Request::put(format!("http://{addr}/v1/kv/{key}"))
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .body(Full::new(body.clone()))
+                    } else {
+                        let sku = &skus[(n.wrapping_mul(7919).wrapping_add(c as u64) % skus.len() as u64) as usize];
+                        let addr = target(sku);
+                        let order = format!(
+                            r#"{{"idempotency_key":"k{n}","user_id":"{run}-c{c}-{n}","items":[{{"sku":"{sku}","qty":1}}]}}"#
+                        );
+                        Request::post(format!("http://{addr}/v1/orders"))
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .body(Full::new(Bytes::from(order)))
+                    };
                     let t0 = Instant::now();
                     let ok = match request {
                         Ok(r) => match tokio::time::timeout(Duration::from_secs(10), client.request(r)).await {
                             Ok(Ok(resp)) => {
                                 let status = resp.status();
                                 let _ = resp.into_body().collect().await;
-                                status == StatusCode::OK
+                                status == StatusCode::OK || status == StatusCode::CREATED
                             }
                             _ => false,
                         },
@@ -155,6 +291,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let _ = t.await;
         }
         progress.abort();
+        if let Some(r) = &refresher {
+            r.abort();
+        }
         eprintln!();
     });
     let elapsed = started.elapsed().as_secs_f64();
@@ -167,14 +306,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         format!(
             "{}\n",
             serde_json::json!({
-                "workload": "kv", "clients": args.clients, "duration_s": elapsed, "ok": ok,
+                "workload": args.workload.name(), "clients": args.clients, "duration_s": elapsed, "ok": ok,
                 "throughput_per_s": ok as f64 / elapsed, "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
                 "max_ms": hist.max() as f64 / 1000.0, "errors": errors, "longest_gap_ms": gap,
             })
         )
     } else {
         format!(
-            "kv  clients={}  {ok} ok in {elapsed:.1} s = {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  errors {errors}  longest gap {gap:.0} ms\n",
+            "{}  clients={}  {ok} ok in {elapsed:.1} s = {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  errors {errors}  longest gap {gap:.0} ms\n",
+            args.workload.name(),
             args.clients,
             ok as f64 / elapsed,
             q(0.5),

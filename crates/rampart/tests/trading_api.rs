@@ -30,7 +30,8 @@ fn code(v: &serde_json::Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 
-struct Node(Child, tempfile::TempDir);
+/// The node process, and its data directory (removed when the test ends).
+struct Node(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -55,7 +56,8 @@ fn start() -> Node {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let addr = SocketAddr::from(([127, 0, 0, 1], HTTP));
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() && http("GET", "/readyz", "").0 == 200 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() && http("GET", "/readyz", "").0 == 200
+        {
             return node;
         }
         assert!(Instant::now() < deadline, "the node did not become ready");
@@ -87,8 +89,18 @@ fn the_trading_api_keeps_its_contract() {
         ("POST", "/v1/products/hot/restock", r#"{"qty":0}"#, "qty"),
         ("POST", "/v1/orders", r#"{"idempotency_key":"k","user_id":"u","items":[]}"#, "items"),
         ("POST", "/v1/orders", r#"{"idempotency_key":"k","user_id":"u","items":[{"sku":"hot","qty":0}]}"#, "qty"),
-        ("POST", "/v1/orders", r#"{"idempotency_key":"","user_id":"u","items":[{"sku":"hot","qty":1}]}"#, "idempotency_key"),
-        ("POST", "/v1/orders", r#"{"idempotency_key":"k","user_id":"u","items":[{"sku":"hot","qty":1},{"sku":"hot","qty":1}]}"#, "appears twice"),
+        (
+            "POST",
+            "/v1/orders",
+            r#"{"idempotency_key":"","user_id":"u","items":[{"sku":"hot","qty":1}]}"#,
+            "idempotency_key",
+        ),
+        (
+            "POST",
+            "/v1/orders",
+            r#"{"idempotency_key":"k","user_id":"u","items":[{"sku":"hot","qty":1},{"sku":"hot","qty":1}]}"#,
+            "appears twice",
+        ),
         ("POST", "/v1/orders", r#"{"idempotency_key":"k","items":[{"sku":"hot","qty":1}]}"#, "user_id"),
         ("POST", "/v1/orders", "not json", "JSON"),
     ];
@@ -105,18 +117,26 @@ fn the_trading_api_keeps_its_contract() {
     // An order, its retry, a different request under the same key, the limit of one per customer.
     let order = r#"{"idempotency_key":"k1","user_id":"alice","items":[{"sku":"hot","qty":1}]}"#;
     let (s, first) = http("POST", "/v1/orders", order);
-    assert_eq!((s, first["status"].as_str(), first["total_cents"].as_u64()), (201, Some("confirmed"), Some(1999)), "{first}");
+    assert_eq!(
+        (s, first["status"].as_str(), first["total_cents"].as_u64()),
+        (201, Some("confirmed"), Some(1999)),
+        "{first}"
+    );
     let id = first["order_id"].as_str().unwrap().to_owned();
     let (s, again) = http("POST", "/v1/orders", order);
     assert_eq!((s, again["order_id"].as_str()), (200, Some(id.as_str())));
     // The same key for a different request in the same partition (the key's scope: see ARCHITECTURE.md).
-    let (s, v) = http("POST", "/v1/orders", r#"{"idempotency_key":"k1","user_id":"alice","items":[{"sku":"hot","qty":2}]}"#);
+    let (s, v) =
+        http("POST", "/v1/orders", r#"{"idempotency_key":"k1","user_id":"alice","items":[{"sku":"hot","qty":2}]}"#);
     assert_eq!((s, code(&v)), (409, "idempotency_key_reused"));
-    let (s, v) = http("POST", "/v1/orders", r#"{"idempotency_key":"k2","user_id":"alice","items":[{"sku":"hot","qty":1}]}"#);
+    let (s, v) =
+        http("POST", "/v1/orders", r#"{"idempotency_key":"k2","user_id":"alice","items":[{"sku":"hot","qty":1}]}"#);
     assert_eq!((s, code(&v)), (409, "limit_exceeded"));
-    let (s, v) = http("POST", "/v1/orders", r#"{"idempotency_key":"k3","user_id":"bob","items":[{"sku":"hot","qty":5}]}"#);
+    let (s, v) =
+        http("POST", "/v1/orders", r#"{"idempotency_key":"k3","user_id":"bob","items":[{"sku":"hot","qty":5}]}"#);
     assert_eq!((s, code(&v)), (409, "out_of_stock"));
-    let (s, v) = http("POST", "/v1/orders", r#"{"idempotency_key":"k4","user_id":"bob","items":[{"sku":"nope","qty":1}]}"#);
+    let (s, v) =
+        http("POST", "/v1/orders", r#"{"idempotency_key":"k4","user_id":"bob","items":[{"sku":"nope","qty":1}]}"#);
     assert_eq!((s, code(&v)), (404, "unknown_sku"));
     assert_eq!(stock("hot"), (2, 1, 0), "refused orders reserved nothing");
 
@@ -132,12 +152,14 @@ fn the_trading_api_keeps_its_contract() {
     assert_eq!(code(&http("GET", "/v1/orders/not-an-id", "").1), "unknown_order");
 
     // Cancel releases the stock; an unpaid order expires at its deadline (1.5 s here) and releases it too.
-    let (_, c) = http("POST", "/v1/orders", r#"{"idempotency_key":"c","user_id":"carol","items":[{"sku":"mug","qty":4}]}"#);
+    let (_, c) =
+        http("POST", "/v1/orders", r#"{"idempotency_key":"c","user_id":"carol","items":[{"sku":"mug","qty":4}]}"#);
     let cid = c["order_id"].as_str().unwrap().to_owned();
     assert_eq!(stock("mug"), (6, 4, 0));
     assert_eq!(http("POST", &format!("/v1/orders/{cid}/cancel"), "{}").1["status"], "cancelled");
     assert_eq!(stock("mug"), (10, 0, 0));
-    let (_, d) = http("POST", "/v1/orders", r#"{"idempotency_key":"d","user_id":"dave","items":[{"sku":"mug","qty":2}]}"#);
+    let (_, d) =
+        http("POST", "/v1/orders", r#"{"idempotency_key":"d","user_id":"dave","items":[{"sku":"mug","qty":2}]}"#);
     let did = d["order_id"].as_str().unwrap().to_owned();
     assert_eq!(stock("mug"), (8, 2, 0));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -112,6 +112,8 @@ pub struct Order {
     pub pay_deadline_ms: u64,
     /// When it was paid, cancelled or expired.
     pub closed_ms: Option<u64>,
+    /// Its idempotency key was forgotten (retention over): the same key may now name a new order.
+    pub key_released: bool,
 }
 
 /// What a client asked for. Business time comes with it in [`Stamped`].
@@ -202,37 +204,44 @@ pub enum Outcome {
     },
 }
 
-/// Where a stored row lives.
+/// Where a stored row lives. Keys are laid out so that new rows sort after old ones (order ids grow within a
+/// partition; refusals carry a big-endian sequence number): a batch of new rows lands on the same few pages.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RowKey {
     Meta,
     Product(Sku),
     Order(OrderId),
-    Idempotency(UserId, String),
+    /// A refused order request kept for its idempotency key: the refusal's sequence number, big-endian.
+    Refusal([u8; 8]),
 }
 
-/// A stored row. The per-user holdings and the deadline index are derived from orders on restore.
+/// A stored row. A placed order is its own idempotency record (it names its user and key); the per-user
+/// holdings, the deadline index and the idempotency index are derived on restore.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Row {
-    /// The order sequence and the latest business time seen.
+    /// The sequences and the latest business time seen.
     Meta {
         next_seq: u64,
+        next_refusal: u64,
         clock_ms: u64,
     },
     Product(Product),
     Order(Order),
-    Idempotency(IdempotencyRecord),
+    Refusal {
+        seq: u64,
+        refusal: Refusal,
+    },
 }
 
-/// What one `(user, key)` named, and when, so a retry gets the first answer.
+/// A refused order request, remembered so that a retry gets the same refusal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
+pub struct Refusal {
     pub user_id: UserId,
     pub key: String,
     /// The request's items, to tell a retry from a different request under the same key.
     pub items: Vec<Item>,
     pub at_ms: u64,
-    pub answer: Result<OrderId, Rejection>,
+    pub rejection: Rejection,
 }
 
 impl Row {
@@ -242,7 +251,7 @@ impl Row {
             Row::Meta { .. } => RowKey::Meta,
             Row::Product(p) => RowKey::Product(p.sku.clone()),
             Row::Order(o) => RowKey::Order(o.id.clone()),
-            Row::Idempotency(r) => RowKey::Idempotency(r.user_id.clone(), r.key.clone()),
+            Row::Refusal { seq, .. } => RowKey::Refusal(seq.to_be_bytes()),
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    Command, IdempotencyRecord, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Row, RowKey,
-    Sku, Stamped, UserId,
+    Command, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row, RowKey, Sku,
+    Stamped, UserId,
 };
 use crate::{MAX_ITEMS, MAX_PRICE_CENTS, MAX_QTY, MAX_STOCK};
 
@@ -16,6 +16,13 @@ pub enum RestoreError {
     Inconsistent(String),
 }
 
+/// What a remembered idempotency key names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Remembered {
+    Placed(OrderId),
+    Refused { seq: u64, refusal: Refusal },
+}
+
 /// The trading state of one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Shard {
@@ -25,12 +32,16 @@ pub struct Shard {
     clock_ms: u64,
     products: BTreeMap<Sku, Product>,
     orders: BTreeMap<OrderId, Order>,
-    idempotency: BTreeMap<(UserId, String), IdempotencyRecord>,
+    next_refusal: u64,
+    /// Derived: what each remembered `(user, key)` names.
+    idempotency: BTreeMap<(UserId, String), Remembered>,
+    /// Derived: the remembered refusals by sequence number.
+    refusals: BTreeMap<u64, (UserId, String)>,
     /// Derived: units each user holds of each product in confirmed or paid orders.
     held: BTreeMap<(Sku, UserId), u64>,
     /// Derived: confirmed orders by payment deadline.
     deadlines: BTreeSet<(u64, OrderId)>,
-    /// Derived: idempotency records by the time they were written.
+    /// Derived: idempotency records by the time they were made.
     remembered: BTreeSet<(u64, UserId, String)>,
     /// Rows changed since the last [`Shard::drain_changes`].
     dirty: BTreeSet<RowKey>,
@@ -46,8 +57,9 @@ impl Shard {
         let mut shard = Shard::new(partition);
         for row in rows {
             match row {
-                Row::Meta { next_seq, clock_ms } => {
+                Row::Meta { next_seq, next_refusal, clock_ms } => {
                     shard.next_seq = next_seq;
+                    shard.next_refusal = next_refusal;
                     shard.clock_ms = clock_ms;
                 }
                 Row::Product(p) => {
@@ -57,11 +69,18 @@ impl Shard {
                     shard.products.insert(p.sku.clone(), p);
                 }
                 Row::Order(o) => {
+                    if !o.key_released {
+                        let key = (o.user_id.clone(), o.idempotency_key.clone());
+                        shard.remembered.insert((o.placed_ms, key.0.clone(), key.1.clone()));
+                        shard.idempotency.insert(key, Remembered::Placed(o.id.clone()));
+                    }
                     shard.orders.insert(o.id.clone(), o);
                 }
-                Row::Idempotency(r) => {
-                    shard.remembered.insert((r.at_ms, r.user_id.clone(), r.key.clone()));
-                    shard.idempotency.insert((r.user_id.clone(), r.key.clone()), r);
+                Row::Refusal { seq, refusal } => {
+                    let key = (refusal.user_id.clone(), refusal.key.clone());
+                    shard.remembered.insert((refusal.at_ms, key.0.clone(), key.1.clone()));
+                    shard.refusals.insert(seq, key.clone());
+                    shard.idempotency.insert(key, Remembered::Refused { seq, refusal });
                 }
             }
         }
@@ -135,12 +154,10 @@ impl Shard {
             .into_iter()
             .map(|key| {
                 let row = match &key {
-                    RowKey::Meta => Some(Row::Meta { next_seq: self.next_seq, clock_ms: self.clock_ms }),
+                    RowKey::Meta => Some(self.meta()),
                     RowKey::Product(s) => self.products.get(s).cloned().map(Row::Product),
                     RowKey::Order(o) => self.orders.get(o).cloned().map(Row::Order),
-                    RowKey::Idempotency(u, k) => {
-                        self.idempotency.get(&(u.clone(), k.clone())).cloned().map(Row::Idempotency)
-                    }
+                    RowKey::Refusal(seq) => self.refusal_row(u64::from_be_bytes(*seq)),
                 };
                 (key, row)
             })
@@ -149,11 +166,22 @@ impl Shard {
 
     /// Every row of the shard, for a snapshot.
     pub fn rows(&self) -> Vec<Row> {
-        let mut rows = vec![Row::Meta { next_seq: self.next_seq, clock_ms: self.clock_ms }];
+        let mut rows = vec![self.meta()];
         rows.extend(self.products.values().cloned().map(Row::Product));
         rows.extend(self.orders.values().cloned().map(Row::Order));
-        rows.extend(self.idempotency.values().cloned().map(Row::Idempotency));
+        rows.extend(self.refusals.keys().filter_map(|seq| self.refusal_row(*seq)));
         rows
+    }
+
+    fn meta(&self) -> Row {
+        Row::Meta { next_seq: self.next_seq, next_refusal: self.next_refusal, clock_ms: self.clock_ms }
+    }
+
+    fn refusal_row(&self, seq: u64) -> Option<Row> {
+        match self.idempotency.get(self.refusals.get(&seq)?)? {
+            Remembered::Refused { seq, refusal } => Some(Row::Refusal { seq: *seq, refusal: refusal.clone() }),
+            Remembered::Placed(_) => None,
+        }
     }
 
     /// Applies one command. Deterministic: the same commands in the same order give the same outcomes and state.
@@ -229,17 +257,23 @@ impl Shard {
         pay_deadline_ms: u64,
     ) -> Result<Outcome, Rejection> {
         let record_key = (user_id.clone(), key.to_owned());
-        if let Some(record) = self.idempotency.get(&record_key) {
-            if record.items != items {
-                return Err(Rejection::KeyReused { order_id: record.answer.as_ref().ok().cloned() });
+        match self.idempotency.get(&record_key) {
+            Some(Remembered::Placed(id)) => {
+                let order = &self.orders[id];
+                let same = order.items.len() == items.len()
+                    && order.items.iter().zip(items).all(|(l, i)| l.sku == i.sku && l.qty == i.qty);
+                if !same {
+                    return Err(Rejection::KeyReused { order_id: Some(id.clone()) });
+                }
+                return Ok(Outcome::Order { order: order.clone(), replayed: true });
             }
-            return Ok(match &record.answer {
-                Ok(id) => match self.orders.get(id) {
-                    Some(order) => Outcome::Order { order: order.clone(), replayed: true },
-                    None => Outcome::Rejected { rejection: Rejection::UnknownOrder(id.clone()), replayed: true },
-                },
-                Err(rejection) => Outcome::Rejected { rejection: rejection.clone(), replayed: true },
-            });
+            Some(Remembered::Refused { refusal, .. }) => {
+                if refusal.items != items {
+                    return Err(Rejection::KeyReused { order_id: None });
+                }
+                return Ok(Outcome::Rejected { rejection: refusal.rejection.clone(), replayed: true });
+            }
+            None => {}
         }
         validate_items(items)?;
         // Check every line before changing anything: all or nothing.
@@ -298,6 +332,7 @@ impl Shard {
                     placed_ms: now,
                     pay_deadline_ms,
                     closed_ms: None,
+                    key_released: false,
                 };
                 self.deadlines.insert((pay_deadline_ms, id.clone()));
                 self.orders.insert(id.clone(), order);
@@ -305,19 +340,28 @@ impl Shard {
                 Ok(id)
             }
         };
-        let record = IdempotencyRecord {
-            user_id: user_id.clone(),
-            key: key.to_owned(),
-            items: items.to_vec(),
-            at_ms: now,
-            answer: answer.clone(),
-        };
         self.remembered.insert((now, user_id.clone(), key.to_owned()));
-        self.idempotency.insert(record_key, record);
-        self.dirty.insert(RowKey::Idempotency(user_id.clone(), key.to_owned()));
         match answer {
-            Ok(id) => Ok(Outcome::Order { order: self.orders[&id].clone(), replayed: false }),
-            Err(rejection) => Err(rejection),
+            Ok(id) => {
+                self.idempotency.insert(record_key, Remembered::Placed(id.clone()));
+                Ok(Outcome::Order { order: self.orders[&id].clone(), replayed: false })
+            }
+            Err(rejection) => {
+                let seq = self.next_refusal;
+                self.next_refusal += 1;
+                self.dirty.insert(RowKey::Meta);
+                self.dirty.insert(RowKey::Refusal(seq.to_be_bytes()));
+                self.refusals.insert(seq, record_key.clone());
+                let refusal = Refusal {
+                    user_id: user_id.clone(),
+                    key: key.to_owned(),
+                    items: items.to_vec(),
+                    at_ms: now,
+                    rejection: rejection.clone(),
+                };
+                self.idempotency.insert(record_key, Remembered::Refused { seq, refusal });
+                Err(rejection)
+            }
         }
     }
 
@@ -381,8 +425,19 @@ impl Shard {
                 break;
             }
             self.remembered.pop_first();
-            self.idempotency.remove(&(user.clone(), key.clone()));
-            self.dirty.insert(RowKey::Idempotency(user, key));
+            match self.idempotency.remove(&(user, key)) {
+                Some(Remembered::Placed(id)) => {
+                    if let Some(order) = self.orders.get_mut(&id) {
+                        order.key_released = true;
+                        self.dirty.insert(RowKey::Order(id));
+                    }
+                }
+                Some(Remembered::Refused { seq, .. }) => {
+                    self.refusals.remove(&seq);
+                    self.dirty.insert(RowKey::Refusal(seq.to_be_bytes()));
+                }
+                None => {}
+            }
             forgotten += 1;
         }
         Ok(Outcome::Expired { orders, forgotten })

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Durable hot-SKU flash sale: Rampart (3 nodes, 3 replicas, loopback) beside PostgreSQL (one node, default durable
+# settings, pgbench: conditional UPDATE ... WHERE stock >= 1 plus an order INSERT in one transaction), one run.
+# usage: bench/flash-sale-vs-postgres.sh [SECONDS] [CLIENTS...]     e.g. bench/flash-sale-vs-postgres.sh 10 1 8 64
+# Needs root for PostgreSQL (the shared peer script installs Debian's postgresql when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}; shift || true
+clients=("$@"); [ ${#clients[@]} -gt 0 ] || clients=(1 8 64)
+peers=$(cd ../shared/peers && pwd)
+cargo build --release --quiet
+bin=$PWD/target/release/rampart
+dir=$(mktemp -d)
+ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
+trap cleanup EXIT
+
+"$peers/postgres-flash-sale.sh" hot "$secs" "${clients[@]}"
+
+for i in 1 2 3; do
+  "$bin" serve --id "n$i" --http "127.0.0.1:710$i" --peer "127.0.0.1:720$i" --data-dir "$dir/n$i" --initial-cluster "$ic" >>"$dir/n$i.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 200); do ok=1; for i in 1 2 3; do curl -sf "127.0.0.1:710$i/readyz" >/dev/null || ok=0; done; [ $ok = 1 ] && break; sleep 0.1; done
+for c in "${clients[@]}"; do
+  "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --workload flash-sale --clients "$c" --duration-s "$secs" 2>/dev/null
+done

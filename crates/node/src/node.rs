@@ -28,7 +28,7 @@ use crate::config::{Bootstrap, NodeConfig};
 use crate::network::{CallError, GroupNetwork, Peers, SnapshotRpc, MAX_BODY};
 use crate::store::{StateMachine, Store};
 use crate::types::{raft_id, Command, GroupId, Op, OpOutcome, PeerNode, RaftId, TypeConfig};
-use rampart_trading::{Order, OrderId, Product, Sku};
+use rampart_trading::{HoldState, Item, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Sku};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 type C = TypeConfig;
@@ -253,6 +253,78 @@ impl Node {
         }
     }
 
+    /// Drives an order spanning partitions (a saga) as far as it can go: a pending order's legs are reserved on
+    /// their partitions and the order confirmed, or aborted with the first refusal; a closed order's legs are
+    /// settled (paid) or released (cancelled, expired, aborted). Every step is idempotent, so whoever drives it
+    /// (the request's node, or the home partition's leader later) may repeat any of them.
+    pub async fn drive_saga(&self, mut order: Order) -> Result<Order, RequestError> {
+        let home = order.id.partition().ok_or_else(|| RequestError::Internal(format!("order id {}", order.id)))?;
+        let id = order.id.clone();
+        if order.status == OrderStatus::Pending {
+            let mut priced = Vec::new();
+            let mut refusal = None;
+            for p in order.leg_partitions() {
+                let items: Vec<Item> = order
+                    .items
+                    .iter()
+                    .filter(|l| l.remote == Some(p))
+                    .map(|l| Item { sku: l.sku.clone(), qty: l.qty })
+                    .collect();
+                let reserve =
+                    rampart_trading::Command::Reserve { order_id: id.clone(), user_id: order.user_id.clone(), items };
+                match self.propose(p, Op::Trade(reserve)).await? {
+                    OpOutcome::Trade(Outcome::Hold(h)) => match h.state {
+                        HoldState::Reserved | HoldState::Sold => priced.extend(h.items),
+                        HoldState::Released => {
+                            refusal =
+                                Some(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Aborted });
+                            break;
+                        }
+                        HoldState::Refused(r) => {
+                            refusal = Some(r);
+                            break;
+                        }
+                    },
+                    OpOutcome::Trade(Outcome::Rejected { rejection, .. }) => {
+                        refusal = Some(rejection);
+                        break;
+                    }
+                    other => return Err(RequestError::Internal(format!("reserve {id}: {other:?}"))),
+                }
+            }
+            let result = match refusal {
+                Some(r) => Err(r),
+                None => Ok(priced),
+            };
+            order = self
+                .order_outcome(home, rampart_trading::Command::ResolveSaga { order_id: id.clone(), result })
+                .await?;
+        }
+        if !order.legs_synced && order.status != OrderStatus::Pending {
+            let status = order.status;
+            for p in order.leg_partitions() {
+                let command = match status {
+                    OrderStatus::Paid => rampart_trading::Command::Settle { order_id: id.clone() },
+                    _ => rampart_trading::Command::Release { order_id: id.clone() },
+                };
+                if let OpOutcome::Trade(Outcome::Rejected { rejection, .. }) =
+                    self.propose(p, Op::Trade(command)).await?
+                {
+                    tracing::warn!("order {id}: leg on partition {p}: {rejection}");
+                }
+            }
+            order = self.order_outcome(home, rampart_trading::Command::LegsSynced { order_id: id, status }).await?;
+        }
+        Ok(order)
+    }
+
+    async fn order_outcome(&self, group: GroupId, command: rampart_trading::Command) -> Result<Order, RequestError> {
+        match self.propose(group, Op::Trade(command)).await? {
+            OpOutcome::Trade(Outcome::Order { order, .. }) => Ok(order),
+            other => Err(RequestError::Internal(format!("partition {group}: unexpected {other:?}"))),
+        }
+    }
+
     /// A linearizable read in its partition.
     pub async fn query(&self, group: GroupId, read: Read) -> Result<ReadResult, RequestError> {
         match self.route(group, Request::Read(read)).await? {
@@ -461,6 +533,17 @@ async fn expiry_loop(node: std::sync::Weak<Node>) {
                 let op = Op::Trade(rampart_trading::Command::Expire { forget_before_ms });
                 if let Err(e) = node.serve_local(*group, Request::Write(op)).await {
                     tracing::debug!("partition {group}: expiry: {e}");
+                }
+            }
+            // Sagas left unfinished (their driver died, or a leg's partition was unavailable), and closed orders
+            // whose legs must follow. A pending order younger than a second is left to the request driving it.
+            let sagas = node.store.shard(*group).and_then(|s| s.lock().ok().map(|s| s.orders_to_drive()));
+            for order in sagas.unwrap_or_default() {
+                if order.status == OrderStatus::Pending && order.placed_ms + 1_000 > now {
+                    continue;
+                }
+                if let Err(e) = node.drive_saga(order).await {
+                    tracing::debug!("partition {group}: saga: {e}");
                 }
             }
         }

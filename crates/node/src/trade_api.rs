@@ -1,7 +1,7 @@
 //! The trading endpoints: products, orders, pay and cancel, and the OpenAPI document. Every field is checked
 //! here, at the boundary, before anything is proposed; a refused request changes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use rampart_trading::{
-    Command, Item, Order, OrderId, Outcome, Product, Rejection, Sku, UserId, MAX_ITEMS, MAX_PRICE_CENTS, MAX_QTY,
-    MAX_STOCK,
+    Command, Item, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Sku, UserId, MAX_ITEMS, MAX_PRICE_CENTS,
+    MAX_QTY, MAX_STOCK,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -100,6 +100,7 @@ fn order_json(o: &Order) -> Value {
         "order_id": o.id.0, "status": o.status.as_str(), "items": items, "total_cents": o.total_cents,
         "user_id": o.user_id.0, "idempotency_key": o.idempotency_key, "placed_ms": o.placed_ms,
         "pay_deadline_ms": o.pay_deadline_ms, "closed_ms": o.closed_ms,
+        "rejection": o.rejection.as_ref().map(ToString::to_string),
     })
 }
 
@@ -247,26 +248,40 @@ async fn place_order(State(node): State<Arc<Node>>, b: Result<Json<NewOrder>, Js
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    // An order lives in its first SKU's partition.
+    // An order lives in its first SKU's partition; lines of SKUs in other partitions are reserved there (a saga).
     let group = node.partition_of(&b.items[0].sku);
-    if let Some(other) = b.items.iter().find(|i| node.partition_of(&i.sku) != group) {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "cross_partition_order",
-            format!(
-                "items[].sku: {} and {} live in different partitions; orders spanning partitions are not accepted yet",
-                b.items[0].sku, other.sku
-            ),
-        );
-    }
+    let remote: BTreeMap<Sku, u32> =
+        b.items.iter().map(|i| (Sku(i.sku.clone()), node.partition_of(&i.sku))).filter(|(_, p)| *p != group).collect();
     let command = Command::PlaceOrder {
         user_id: UserId(b.user_id),
         idempotency_key: b.idempotency_key,
         items: b.items.into_iter().map(|i| Item { sku: Sku(i.sku), qty: i.qty }).collect(),
         // Stamped by the partition's leader when it proposes the order.
         pay_deadline_ms: 0,
+        remote,
     };
-    trade(&node, group, command, StatusCode::CREATED).await
+    match node.propose(group, Op::Trade(command)).await {
+        Ok(OpOutcome::Trade(Outcome::Order { order, replayed })) => {
+            let order = if order.status == OrderStatus::Pending {
+                match node.drive_saga(order).await {
+                    Ok(o) => o,
+                    Err(e) => return request_error(e),
+                }
+            } else {
+                order
+            };
+            match (&order.status, &order.rejection) {
+                (OrderStatus::Aborted, Some(r)) => rejection(r),
+                _ => {
+                    let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
+                    (status, Json(order_json(&order))).into_response()
+                }
+            }
+        }
+        Ok(OpOutcome::Trade(Outcome::Rejected { rejection: r, .. })) => rejection(&r),
+        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
+        Err(e) => request_error(e),
+    }
 }
 
 /// The partition of an order id, or the 404 answer for an id no partition can hold.
@@ -319,8 +334,18 @@ async fn close(
     if let Err(r) = body(b) {
         return r.into_response();
     }
-    // Paying or cancelling twice is a no-op that returns the order: 200 either way.
-    trade(node, group, command(id), StatusCode::OK).await
+    // Paying or cancelling twice is a no-op that returns the order: 200 either way. An order with lines in
+    // other partitions then has its legs settled or released (finished in the background if this fails).
+    match node.propose(group, Op::Trade(command(id))).await {
+        Ok(OpOutcome::Trade(Outcome::Order { order, .. })) => {
+            let order =
+                if order.needs_driving() { node.drive_saga(order.clone()).await.unwrap_or(order) } else { order };
+            Json(order_json(&order)).into_response()
+        }
+        Ok(OpOutcome::Trade(Outcome::Rejected { rejection: r, .. })) => rejection(&r),
+        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
+        Err(e) => request_error(e),
+    }
 }
 
 /// The OpenAPI 3.1 description of the HTTP API.
@@ -400,7 +425,7 @@ pub fn openapi() -> Value {
                     "sku": {"type": "string", "minLength": 1, "maxLength": MAX_ID},
                     "qty": {"type": "integer", "minimum": 1, "maximum": MAX_QTY}}}}}},
             "Order": {"type": "object", "properties": {
-                "order_id": {"type": "string"}, "status": {"enum": ["confirmed", "paid", "cancelled", "expired"]},
+                "order_id": {"type": "string"}, "status": {"enum": ["pending", "confirmed", "paid", "cancelled", "expired", "aborted"]},
                 "items": {"type": "array"}, "total_cents": {"type": "integer"}, "user_id": {"type": "string"},
                 "idempotency_key": {"type": "string"}, "placed_ms": {"type": "integer"},
                 "pay_deadline_ms": {"type": "integer"}, "closed_ms": {"type": ["integer", "null"]}}}

@@ -20,7 +20,7 @@ const NORMAL: [&str; 4] = ["tee", "mug", "cap", "sticker"];
 const NORMAL_STOCK: u64 = 100_000;
 
 /// Starts 3 nodes (child processes, data in a temporary directory), creates a hot SKU limited to one per
-/// customer and a few normal SKUs, lets --buyers concurrent buyers place, pay and cancel orders for --users
+/// customer and a few normal SKUs (carts of two of them usually span partitions: sagas), lets --buyers concurrent buyers place, pay and cancel orders for --users
 /// customers (each order retried with its idempotency key; some sent twice at once, like a double click),
 /// kills the hot partition's leader with SIGKILL once a quarter of the customers are served, restarts it two
 /// seconds later, then checks: every acknowledged order is read back, stock adds up, nothing oversold, no
@@ -65,8 +65,6 @@ fn next(state: &mut u64) -> u64 {
 enum Told {
     Placed {
         order_id: String,
-        sku: String,
-        qty: u32,
     },
     Rejected(String),
     /// No final answer (every attempt failed or timed out): resolved after the sale by asking again.
@@ -98,9 +96,9 @@ struct Sale {
     done: AtomicBool,
 }
 
-fn told(result: &Result<Placed, Error>, sku: &str, qty: u32) -> Told {
+fn told(result: &Result<Placed, Error>) -> Told {
     match result {
-        Ok(p) => Told::Placed { order_id: p.order.order_id.clone(), sku: sku.to_owned(), qty },
+        Ok(p) => Told::Placed { order_id: p.order.order_id.clone() },
         Err(Error::Api { code, .. }) => Told::Rejected(code.clone()),
         Err(e) => Told::Unknown(e.to_string()),
     }
@@ -349,16 +347,16 @@ async fn buy(client: &Client, sale: &Sale, rng: &mut u64, user: usize, start: In
             answers.push(start.elapsed());
         }
     }
-    record(client, sale, rng, &user_id, &hot, told(&result, HOT, 1)).await;
-    let sku = NORMAL[(next(rng) % NORMAL.len() as u64) as usize];
-    let qty = 1 + (next(rng) % 3) as u32;
-    let normal = NewOrder {
-        idempotency_key: format!("n-{user}"),
-        user_id: user_id.clone(),
-        items: vec![Item { sku: sku.into(), qty }],
-    };
+    record(client, sale, rng, &user_id, &hot, told(&result)).await;
+    // A cart of one or two normal SKUs; two usually live in different partitions (a saga).
+    let first = (next(rng) % NORMAL.len() as u64) as usize;
+    let mut items = vec![Item { sku: NORMAL[first].into(), qty: 1 + (next(rng) % 3) as u32 }];
+    if next(rng).is_multiple_of(2) {
+        items.push(Item { sku: NORMAL[(first + 1) % NORMAL.len()].into(), qty: 1 });
+    }
+    let normal = NewOrder { idempotency_key: format!("n-{user}"), user_id: user_id.clone(), items };
     let result = client.place_order(&normal).await;
-    record(client, sale, rng, &user_id, &normal, told(&result, sku, qty)).await;
+    record(client, sale, rng, &user_id, &normal, told(&result)).await;
 }
 
 /// Counts what the buyer was told, then pays (60%) or cancels (10%) a placed order.
@@ -433,8 +431,7 @@ async fn check(client: &Client, sale: &Sale, hot_stock: u64) -> anyhow::Result<V
         if let Told::Unknown(_) = a.told {
             let order = NewOrder { idempotency_key: a.key.clone(), user_id: a.user.clone(), items: a.items.clone() };
             let result = client.place_order(&order).await;
-            let item = &a.items[0];
-            a.told = told(&result, &item.sku, item.qty);
+            a.told = told(&result);
             match a.told {
                 Told::Unknown(_) => v.unresolved += 1,
                 _ => v.resolved += 1,
@@ -452,16 +449,15 @@ async fn check(client: &Client, sale: &Sale, hot_stock: u64) -> anyhow::Result<V
         });
         let orders = futures_util::future::join_all(reads).await;
         for (a, read) in chunk.iter().zip(orders) {
-            let Told::Placed { order_id, sku, qty } = &a.told else { unreachable!("filtered") };
+            let Told::Placed { order_id } = &a.told else { unreachable!("filtered") };
             v.placed += 1;
             ids_per_key.entry((a.user.clone(), a.key.clone())).or_default().push(order_id.clone());
             match read {
                 Ok(o)
                     if o.user_id == a.user
                         && o.idempotency_key == a.key
-                        && o.items.len() == 1
-                        && o.items[0].qty == *qty
-                        && o.items[0].sku == *sku =>
+                        && o.items.len() == a.items.len()
+                        && o.items.iter().zip(&a.items).all(|(l, i)| l.sku == i.sku && l.qty == i.qty) =>
                 {
                     let expected = if a.paid {
                         "paid"
@@ -473,11 +469,13 @@ async fn check(client: &Client, sale: &Sale, hot_stock: u64) -> anyhow::Result<V
                     if o.status != expected {
                         v.status_mismatches += 1;
                     }
-                    let h = held.entry(sku.clone()).or_default();
-                    match o.status.as_str() {
-                        "confirmed" => h.0 += u64::from(*qty),
-                        "paid" => h.1 += u64::from(*qty),
-                        _ => {}
+                    for line in &o.items {
+                        let h = held.entry(line.sku.clone()).or_default();
+                        match o.status.as_str() {
+                            "confirmed" => h.0 += u64::from(line.qty),
+                            "paid" => h.1 += u64::from(line.qty),
+                            _ => {}
+                        }
                     }
                 }
                 _ => v.lost += 1,

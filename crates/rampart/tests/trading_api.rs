@@ -172,6 +172,36 @@ fn the_trading_api_keeps_its_contract() {
     assert_eq!((s, code(&v)), (409, "invalid_state"), "an expired order cannot be paid");
     let (s, v) = http("POST", "/v1/products/mug/restock", r#"{"qty":5}"#);
     assert_eq!((s, v["available"].as_u64()), (200, Some(15)));
+
+    // An order whose SKUs live in different partitions: reserved on both or neither (a saga).
+    let (_, a) = http("PUT", "/v1/products/cart-a", r#"{"name":"A","price_cents":100,"stock":5}"#);
+    let b = (0..50)
+        .map(|i| format!("cart-b{i}"))
+        .find(|sku| {
+            let (_, p) = http("PUT", &format!("/v1/products/{sku}"), r#"{"name":"B","price_cents":1000,"stock":2}"#);
+            p["partition"] != a["partition"]
+        })
+        .expect("a SKU in another partition");
+    let cart = format!(
+        r#"{{"idempotency_key":"cart1","user_id":"erin","items":[{{"sku":"cart-a","qty":1}},{{"sku":"{b}","qty":2}}]}}"#
+    );
+    let (s, o) = http("POST", "/v1/orders", &cart);
+    assert_eq!((s, o["status"].as_str(), o["total_cents"].as_u64()), (201, Some("confirmed"), Some(2100)), "{o}");
+    assert_eq!((stock("cart-a"), stock(&b)), ((4, 1, 0), (0, 2, 0)));
+    let (s, again) = http("POST", "/v1/orders", &cart);
+    assert_eq!((s, &again["order_id"]), (200, &o["order_id"]), "a retry returns the same saga order");
+    let oid = o["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(http("POST", &format!("/v1/orders/{oid}/pay"), "{}").1["status"], "paid");
+    assert_eq!((stock("cart-a"), stock(&b)), ((4, 0, 1), (0, 0, 2)), "both partitions sold");
+    // The other partition is out of stock: the whole order is refused and the first line released.
+    let short = format!(
+        r#"{{"idempotency_key":"cart2","user_id":"erin","items":[{{"sku":"cart-a","qty":1}},{{"sku":"{b}","qty":1}}]}}"#
+    );
+    let (s, v) = http("POST", "/v1/orders", &short);
+    assert_eq!((s, code(&v)), (409, "out_of_stock"), "{v}");
+    assert_eq!(stock("cart-a"), (4, 0, 1), "nothing stays reserved by a refused saga");
+    assert_eq!(code(&http("POST", "/v1/orders", &short).1), "out_of_stock", "the retry gets the same refusal");
+
     let (s, doc) = http("GET", "/openapi.json", "");
     assert_eq!(s, 200);
     assert!(doc["paths"]["/v1/orders"]["post"].is_object(), "the OpenAPI document lists the order endpoint");

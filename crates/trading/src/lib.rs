@@ -20,8 +20,8 @@ mod model;
 mod shard;
 
 pub use model::{
-    Command, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row, RowKey, Sku,
-    Stamped, UserId,
+    Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
+    RowKey, Sku, Stamped, UserId,
 };
 pub use shard::{RestoreError, Shard};
 

@@ -63,16 +63,21 @@ pub struct Item {
     pub qty: u32,
 }
 
-/// One line of a placed order, priced when it was placed.
+/// One line of a placed order, priced when it was reserved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineItem {
     pub sku: Sku,
     pub qty: u32,
     pub price_cents: u64,
+    /// The partition holding this line's stock, when it is not the order's own (a saga leg).
+    pub remote: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
+    /// An order spanning partitions whose other partitions' reservations are under way (a saga): its local
+    /// lines are reserved; it becomes confirmed or aborted.
+    Pending,
     /// Stock reserved, payment awaited until the deadline.
     Confirmed,
     /// Reserved stock became sold. Final.
@@ -81,21 +86,25 @@ pub enum OrderStatus {
     Cancelled,
     /// Not paid by the deadline; stock released. Final.
     Expired,
+    /// A saga refused by another partition (out of stock there, for instance): nothing is held. Final.
+    Aborted,
 }
 
 impl OrderStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            OrderStatus::Pending => "pending",
             OrderStatus::Confirmed => "confirmed",
             OrderStatus::Paid => "paid",
             OrderStatus::Cancelled => "cancelled",
             OrderStatus::Expired => "expired",
+            OrderStatus::Aborted => "aborted",
         }
     }
 
     /// Whether the order's units count against its buyer's per-product limit.
     pub fn holds_stock(self) -> bool {
-        matches!(self, OrderStatus::Confirmed | OrderStatus::Paid)
+        matches!(self, OrderStatus::Pending | OrderStatus::Confirmed | OrderStatus::Paid)
     }
 }
 
@@ -114,6 +123,45 @@ pub struct Order {
     pub closed_ms: Option<u64>,
     /// Its idempotency key was forgotten (retention over): the same key may now name a new order.
     pub key_released: bool,
+    /// Why a saga was aborted.
+    pub rejection: Option<Rejection>,
+    /// For an order with remote lines: whether every other partition's hold matches the status (reserved for
+    /// confirmed, sold for paid, released for cancelled, expired or aborted). The saga driver works until it is.
+    pub legs_synced: bool,
+}
+
+impl Order {
+    /// The partitions holding this order's remote lines, each once, in order.
+    pub fn leg_partitions(&self) -> Vec<u32> {
+        let mut parts: Vec<u32> = self.items.iter().filter_map(|l| l.remote).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        parts
+    }
+
+    /// Whether the saga driver has work on this order.
+    pub fn needs_driving(&self) -> bool {
+        self.items.iter().any(|l| l.remote.is_some()) && (self.status == OrderStatus::Pending || !self.legs_synced)
+    }
+}
+
+/// Another partition's order lines held here (a saga leg), by the order's id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub items: Vec<LineItem>,
+    pub state: HoldState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldState {
+    Reserved,
+    Sold,
+    /// Released, or a release that arrived before any reservation (a tombstone: a late reservation is refused).
+    Released,
+    /// The reservation was refused; a retry gets the same refusal.
+    Refused(Rejection),
 }
 
 /// What a client asked for. Business time comes with it in [`Stamped`].
@@ -124,7 +172,26 @@ pub enum Command {
     /// Adds `qty` units to a product's available stock.
     Restock { sku: Sku, qty: u64 },
     /// Reserves every item or none. A retry with the same `(user_id, idempotency_key)` returns the first outcome.
-    PlaceOrder { user_id: UserId, idempotency_key: String, items: Vec<Item>, pay_deadline_ms: u64 },
+    /// Items whose SKU lives in another partition are named in `remote` (SKU → partition): only the local lines
+    /// are reserved here, and the order is `Pending` until [`Command::ResolveSaga`].
+    PlaceOrder {
+        user_id: UserId,
+        idempotency_key: String,
+        items: Vec<Item>,
+        pay_deadline_ms: u64,
+        remote: std::collections::BTreeMap<Sku, u32>,
+    },
+    /// A saga leg: reserves another partition's order lines here, all or nothing. Idempotent by order id; refused
+    /// if the order's lines were released here first.
+    Reserve { order_id: OrderId, user_id: UserId, items: Vec<Item> },
+    /// A saga leg: releases the order's lines held here (a no-op if released; a tombstone if never reserved).
+    Release { order_id: OrderId },
+    /// A saga leg: the order's reserved lines here become sold.
+    Settle { order_id: OrderId },
+    /// Ends a pending saga on its home partition: confirmed with the legs' priced lines, or aborted.
+    ResolveSaga { order_id: OrderId, result: Result<Vec<LineItem>, Rejection> },
+    /// Records that every leg of the order matches `status`.
+    LegsSynced { order_id: OrderId, status: OrderStatus },
     /// Reserved becomes sold. Paying a paid order is a no-op.
     Pay { order_id: OrderId },
     /// Releases the reserved stock. Cancelling a cancelled order is a no-op.
@@ -197,6 +264,8 @@ pub enum Outcome {
         orders: u32,
         forgotten: u32,
     },
+    /// A saga leg's state here, after the command.
+    Hold(Hold),
     /// `replayed` when this is a remembered rejection returned to a retry.
     Rejected {
         rejection: Rejection,
@@ -213,6 +282,7 @@ pub enum RowKey {
     Order(OrderId),
     /// A refused order request kept for its idempotency key: the refusal's sequence number, big-endian.
     Refusal([u8; 8]),
+    Hold(OrderId),
 }
 
 /// A stored row. A placed order is its own idempotency record (it names its user and key); the per-user
@@ -231,6 +301,7 @@ pub enum Row {
         seq: u64,
         refusal: Refusal,
     },
+    Hold(Hold),
 }
 
 /// A refused order request, remembered so that a retry gets the same refusal.
@@ -252,6 +323,7 @@ impl Row {
             Row::Product(p) => RowKey::Product(p.sku.clone()),
             Row::Order(o) => RowKey::Order(o.id.clone()),
             Row::Refusal { seq, .. } => RowKey::Refusal(seq.to_be_bytes()),
+            Row::Hold(h) => RowKey::Hold(h.order_id.clone()),
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    Command, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row, RowKey, Sku,
-    Stamped, UserId,
+    Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
+    RowKey, Sku, Stamped, UserId,
 };
 use crate::{MAX_ITEMS, MAX_PRICE_CENTS, MAX_QTY, MAX_STOCK};
 
@@ -33,6 +33,8 @@ pub struct Shard {
     products: BTreeMap<Sku, Product>,
     orders: BTreeMap<OrderId, Order>,
     next_refusal: u64,
+    /// Other partitions' order lines held here (saga legs), by order id.
+    holds: BTreeMap<OrderId, Hold>,
     /// Derived: what each remembered `(user, key)` names.
     idempotency: BTreeMap<(UserId, String), Remembered>,
     /// Derived: the remembered refusals by sequence number.
@@ -76,6 +78,9 @@ impl Shard {
                     }
                     shard.orders.insert(o.id.clone(), o);
                 }
+                Row::Hold(h) => {
+                    shard.holds.insert(h.order_id.clone(), h);
+                }
                 Row::Refusal { seq, refusal } => {
                     let key = (refusal.user_id.clone(), refusal.key.clone());
                     shard.remembered.insert((refusal.at_ms, key.0.clone(), key.1.clone()));
@@ -93,10 +98,22 @@ impl Shard {
             if !o.status.holds_stock() {
                 continue;
             }
-            for line in &o.items {
+            for line in o.items.iter().filter(|l| l.remote.is_none()) {
                 let units = u64::from(line.qty);
                 *shard.held.entry((line.sku.clone(), o.user_id.clone())).or_default() += units;
                 let to = if o.status == OrderStatus::Paid { &mut sold } else { &mut reserved };
+                *to.entry(line.sku.clone()).or_default() += units;
+            }
+        }
+        for h in shard.holds.values() {
+            let to = match h.state {
+                HoldState::Reserved => &mut reserved,
+                HoldState::Sold => &mut sold,
+                HoldState::Released | HoldState::Refused(_) => continue,
+            };
+            for line in &h.items {
+                let units = u64::from(line.qty);
+                *shard.held.entry((line.sku.clone(), h.user_id.clone())).or_default() += units;
                 *to.entry(line.sku.clone()).or_default() += units;
             }
         }
@@ -158,6 +175,7 @@ impl Shard {
                     RowKey::Product(s) => self.products.get(s).cloned().map(Row::Product),
                     RowKey::Order(o) => self.orders.get(o).cloned().map(Row::Order),
                     RowKey::Refusal(seq) => self.refusal_row(u64::from_be_bytes(*seq)),
+                    RowKey::Hold(id) => self.holds.get(id).cloned().map(Row::Hold),
                 };
                 (key, row)
             })
@@ -170,7 +188,22 @@ impl Shard {
         rows.extend(self.products.values().cloned().map(Row::Product));
         rows.extend(self.orders.values().cloned().map(Row::Order));
         rows.extend(self.refusals.keys().filter_map(|seq| self.refusal_row(*seq)));
+        rows.extend(self.holds.values().cloned().map(Row::Hold));
         rows
+    }
+
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values()
+    }
+
+    /// A saga leg held here.
+    pub fn hold(&self, id: &OrderId) -> Option<&Hold> {
+        self.holds.get(id)
+    }
+
+    /// Orders whose saga the home partition's leader must drive: pending, or legs not matching the status.
+    pub fn orders_to_drive(&self) -> Vec<Order> {
+        self.orders.values().filter(|o| o.needs_driving()).cloned().collect()
     }
 
     fn meta(&self) -> Row {
@@ -196,9 +229,14 @@ impl Shard {
                 self.create_product(sku, name, *price_cents, *stock, *max_per_user)
             }
             Command::Restock { sku, qty } => self.restock(sku, *qty),
-            Command::PlaceOrder { user_id, idempotency_key, items, pay_deadline_ms } => {
-                self.place_order(now, user_id, idempotency_key, items, *pay_deadline_ms)
+            Command::PlaceOrder { user_id, idempotency_key, items, pay_deadline_ms, remote } => {
+                self.place_order(now, user_id, idempotency_key, items, *pay_deadline_ms, remote)
             }
+            Command::Reserve { order_id, user_id, items } => self.reserve(order_id, user_id, items),
+            Command::Release { order_id } => self.release(order_id),
+            Command::Settle { order_id } => self.settle(order_id),
+            Command::ResolveSaga { order_id, result } => self.resolve(now, order_id, result),
+            Command::LegsSynced { order_id, status } => self.legs_synced(order_id, *status),
             Command::Pay { order_id } => self.close(now, order_id, OrderStatus::Paid),
             Command::Cancel { order_id } => self.close(now, order_id, OrderStatus::Cancelled),
             Command::Expire { forget_before_ms } => self.expire(now, *forget_before_ms),
@@ -255,6 +293,7 @@ impl Shard {
         key: &str,
         items: &[Item],
         pay_deadline_ms: u64,
+        remote: &BTreeMap<Sku, u32>,
     ) -> Result<Outcome, Rejection> {
         let record_key = (user_id.clone(), key.to_owned());
         match self.idempotency.get(&record_key) {
@@ -280,7 +319,14 @@ impl Shard {
         let mut lines = Vec::with_capacity(items.len());
         let mut total_cents: u64 = 0;
         let mut refusal = None;
+        let partition = self.partition;
+        let remote_of = |sku: &Sku| remote.get(sku).copied().filter(|p| *p != partition);
         for item in items {
+            if let Some(p) = remote_of(&item.sku) {
+                // Checked and priced by its own partition (a saga leg).
+                lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: 0, remote: Some(p) });
+                continue;
+            }
             let Some(p) = self.products.get(&item.sku) else {
                 refusal = Some(Rejection::UnknownSku(item.sku.clone()));
                 break;
@@ -301,7 +347,7 @@ impl Shard {
                 return Err(Rejection::Invalid("the order's total overflows".into()));
             };
             total_cents = t;
-            lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents });
+            lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents, remote: None });
         }
         let answer = match refusal {
             Some(rejection) => Err(rejection),
@@ -309,7 +355,8 @@ impl Shard {
                 let id = OrderId::new(self.partition, self.next_seq);
                 self.next_seq += 1;
                 self.dirty.insert(RowKey::Meta);
-                for line in &lines {
+                let saga = lines.iter().any(|l| l.remote.is_some());
+                for line in lines.iter().filter(|l| l.remote.is_none()) {
                     let qty = u64::from(line.qty);
                     let p = self.products.get_mut(&line.sku).expect("checked above");
                     p.available -= qty;
@@ -328,13 +375,17 @@ impl Shard {
                     idempotency_key: key.to_owned(),
                     items: lines,
                     total_cents,
-                    status: OrderStatus::Confirmed,
+                    status: if saga { OrderStatus::Pending } else { OrderStatus::Confirmed },
                     placed_ms: now,
                     pay_deadline_ms,
                     closed_ms: None,
                     key_released: false,
+                    rejection: None,
+                    legs_synced: !saga,
                 };
-                self.deadlines.insert((pay_deadline_ms, id.clone()));
+                if !saga {
+                    self.deadlines.insert((pay_deadline_ms, id.clone()));
+                }
                 self.orders.insert(id.clone(), order);
                 self.dirty.insert(RowKey::Order(id.clone()));
                 Ok(id)
@@ -389,7 +440,10 @@ impl Shard {
         order.status = to;
         order.closed_ms = Some(now);
         self.deadlines.remove(&(order.pay_deadline_ms, id.clone()));
-        for line in &order.items {
+        if order.items.iter().any(|l| l.remote.is_some()) {
+            order.legs_synced = false;
+        }
+        for line in order.items.iter().filter(|l| l.remote.is_none()) {
             let qty = u64::from(line.qty);
             let p = self.products.get_mut(&line.sku).expect("an order's products exist");
             p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every confirmed order");
@@ -408,6 +462,181 @@ impl Shard {
             self.dirty.insert(RowKey::Product(line.sku.clone()));
         }
         self.dirty.insert(RowKey::Order(id.clone()));
+    }
+
+    fn legs_synced(&mut self, id: &OrderId, status: OrderStatus) -> Result<Outcome, Rejection> {
+        let order = self.orders.get_mut(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        // Only for the status the driver synced to: a pay or cancel applied meanwhile needs another round.
+        if order.status == status && !order.legs_synced {
+            order.legs_synced = true;
+            self.dirty.insert(RowKey::Order(id.clone()));
+        }
+        Ok(Outcome::Order { order: order.clone(), replayed: false })
+    }
+
+    /// Reserves a saga leg here, all or nothing.
+    fn reserve(&mut self, id: &OrderId, user_id: &UserId, items: &[Item]) -> Result<Outcome, Rejection> {
+        if let Some(h) = self.holds.get(id) {
+            return Ok(Outcome::Hold(h.clone()));
+        }
+        validate_items(items)?;
+        let mut lines = Vec::with_capacity(items.len());
+        let mut refusal = None;
+        for item in items {
+            let Some(p) = self.products.get(&item.sku) else {
+                refusal = Some(Rejection::UnknownSku(item.sku.clone()));
+                break;
+            };
+            let qty = u64::from(item.qty);
+            if p.available < qty {
+                refusal = Some(Rejection::OutOfStock { sku: item.sku.clone(), available: p.available });
+                break;
+            }
+            if let Some(max) = p.max_per_user {
+                let held = self.held.get(&(item.sku.clone(), user_id.clone())).copied().unwrap_or(0);
+                if held + qty > u64::from(max) {
+                    refusal = Some(Rejection::LimitExceeded { sku: item.sku.clone(), max_per_user: max });
+                    break;
+                }
+            }
+            lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents, remote: None });
+        }
+        let state = match refusal {
+            Some(r) => HoldState::Refused(r),
+            None => {
+                for line in &lines {
+                    let qty = u64::from(line.qty);
+                    let p = self.products.get_mut(&line.sku).expect("checked above");
+                    p.available -= qty;
+                    p.reserved += qty;
+                    assert_stock(p);
+                    *self.held.entry((line.sku.clone(), user_id.clone())).or_default() += qty;
+                    self.dirty.insert(RowKey::Product(line.sku.clone()));
+                }
+                HoldState::Reserved
+            }
+        };
+        let hold = Hold { order_id: id.clone(), user_id: user_id.clone(), items: lines, state };
+        self.holds.insert(id.clone(), hold.clone());
+        self.dirty.insert(RowKey::Hold(id.clone()));
+        Ok(Outcome::Hold(hold))
+    }
+
+    /// Releases a saga leg here; a release before any reservation leaves a tombstone that refuses it later.
+    fn release(&mut self, id: &OrderId) -> Result<Outcome, Rejection> {
+        let Some(hold) = self.holds.get_mut(id) else {
+            let tombstone = Hold {
+                order_id: id.clone(),
+                user_id: UserId(String::new()),
+                items: Vec::new(),
+                state: HoldState::Released,
+            };
+            self.holds.insert(id.clone(), tombstone.clone());
+            self.dirty.insert(RowKey::Hold(id.clone()));
+            return Ok(Outcome::Hold(tombstone));
+        };
+        match hold.state {
+            HoldState::Reserved => {
+                hold.state = HoldState::Released;
+                for line in &hold.items {
+                    let qty = u64::from(line.qty);
+                    let p = self.products.get_mut(&line.sku).expect("a hold's products exist");
+                    p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every hold");
+                    p.available += qty;
+                    assert_stock(p);
+                    let key = (line.sku.clone(), hold.user_id.clone());
+                    let held = self.held.get_mut(&key).expect("a hold's units are held");
+                    *held = held.checked_sub(qty).expect("held units cover every hold");
+                    if *held == 0 {
+                        self.held.remove(&key);
+                    }
+                    self.dirty.insert(RowKey::Product(line.sku.clone()));
+                }
+                self.dirty.insert(RowKey::Hold(id.clone()));
+                Ok(Outcome::Hold(hold.clone()))
+            }
+            HoldState::Sold => Err(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Paid }),
+            HoldState::Released | HoldState::Refused(_) => Ok(Outcome::Hold(hold.clone())),
+        }
+    }
+
+    /// A saga leg's reserved lines become sold.
+    fn settle(&mut self, id: &OrderId) -> Result<Outcome, Rejection> {
+        let hold = self.holds.get_mut(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        match hold.state {
+            HoldState::Reserved => {
+                hold.state = HoldState::Sold;
+                for line in &hold.items {
+                    let qty = u64::from(line.qty);
+                    let p = self.products.get_mut(&line.sku).expect("a hold's products exist");
+                    p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every hold");
+                    p.sold += qty;
+                    assert_stock(p);
+                    self.dirty.insert(RowKey::Product(line.sku.clone()));
+                }
+                self.dirty.insert(RowKey::Hold(id.clone()));
+                Ok(Outcome::Hold(hold.clone()))
+            }
+            HoldState::Sold => Ok(Outcome::Hold(hold.clone())),
+            HoldState::Released | HoldState::Refused(_) => {
+                Err(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Cancelled })
+            }
+        }
+    }
+
+    /// Ends a pending saga: confirmed with the legs' priced lines, or aborted (its local lines released).
+    fn resolve(
+        &mut self,
+        now: u64,
+        id: &OrderId,
+        result: &Result<Vec<LineItem>, Rejection>,
+    ) -> Result<Outcome, Rejection> {
+        let order = self.orders.get_mut(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        if order.status != OrderStatus::Pending {
+            return Ok(Outcome::Order { order: order.clone(), replayed: true });
+        }
+        match result {
+            Ok(priced) => {
+                let mut total = order.total_cents;
+                for line in order.items.iter_mut().filter(|l| l.remote.is_some()) {
+                    let Some(p) = priced.iter().find(|p| p.sku == line.sku && p.qty == line.qty) else {
+                        return Err(Rejection::Invalid(format!("saga {id}: no priced line for {}", line.sku)));
+                    };
+                    line.price_cents = p.price_cents;
+                    let Some(t) = p.price_cents.checked_mul(u64::from(p.qty)).and_then(|l| total.checked_add(l)) else {
+                        return Err(Rejection::Invalid("the order's total overflows".into()));
+                    };
+                    total = t;
+                }
+                order.total_cents = total;
+                order.status = OrderStatus::Confirmed;
+                order.legs_synced = true;
+                self.deadlines.insert((order.pay_deadline_ms, id.clone()));
+            }
+            Err(rejection) => {
+                order.status = OrderStatus::Aborted;
+                order.rejection = Some(rejection.clone());
+                order.closed_ms = Some(now);
+                order.legs_synced = false;
+                let (user, lines) = (order.user_id.clone(), order.items.clone());
+                for line in lines.iter().filter(|l| l.remote.is_none()) {
+                    let qty = u64::from(line.qty);
+                    let p = self.products.get_mut(&line.sku).expect("an order's products exist");
+                    p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every pending order");
+                    p.available += qty;
+                    assert_stock(p);
+                    let key = (line.sku.clone(), user.clone());
+                    let held = self.held.get_mut(&key).expect("a pending order's units are held");
+                    *held = held.checked_sub(qty).expect("held units cover every pending order");
+                    if *held == 0 {
+                        self.held.remove(&key);
+                    }
+                    self.dirty.insert(RowKey::Product(line.sku.clone()));
+                }
+            }
+        }
+        self.dirty.insert(RowKey::Order(id.clone()));
+        Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
     }
 
     fn expire(&mut self, now: u64, forget_before_ms: u64) -> Result<Outcome, Rejection> {

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use rampart_trading::{
-    Command, Item, OrderId, OrderStatus, Outcome, Rejection, Row, RowKey, Shard, Sku, Stamped, UserId,
+    Command, HoldState, Item, LineItem, OrderId, OrderStatus, Outcome, Rejection, Row, RowKey, Shard, Sku, Stamped,
+    UserId,
 };
 
 const MIN: u64 = 60_000;
@@ -31,6 +32,14 @@ fn order(u: &str, key: &str, items: &[(&str, u32)], deadline: u64) -> Command {
         idempotency_key: key.into(),
         items: items.iter().map(|(s, q)| Item { sku: sku(s), qty: *q }).collect(),
         pay_deadline_ms: deadline,
+        remote: BTreeMap::new(),
+    }
+}
+
+fn hold_state(o: Outcome) -> HoldState {
+    match o {
+        Outcome::Hold(h) => h.state,
+        other => panic!("expected a hold, got {other:?}"),
     }
 }
 
@@ -165,6 +174,78 @@ fn restore_refuses_rows_that_do_not_add_up() {
     assert_eq!(Shard::restore(0, shard.rows()), Ok(shard.clone()));
 }
 
+#[test]
+fn a_saga_reserves_here_and_there_and_handles_the_tcc_anomalies() {
+    // Home partition 0 holds "a"; partition 1 holds "b" (a second shard stands for it).
+    let mut home = Shard::new(0);
+    let mut other = Shard::new(1);
+    home.apply(&at(0, create("a", 5, None)));
+    other.apply(&at(0, create("b", 1, Some(1))));
+    let place = |key: &str| Command::PlaceOrder {
+        user_id: user("u"),
+        idempotency_key: key.into(),
+        items: vec![Item { sku: sku("a"), qty: 2 }, Item { sku: sku("b"), qty: 1 }],
+        pay_deadline_ms: MIN,
+        remote: [(sku("b"), 1)].into_iter().collect(),
+    };
+    let Outcome::Order { order, .. } = home.apply(&at(1, place("k1"))) else { panic!("placed") };
+    assert_eq!(order.status, OrderStatus::Pending);
+    assert_eq!(order.leg_partitions(), vec![1]);
+    assert_eq!(stock(&home, "a"), (3, 2, 0), "local lines reserved while pending");
+    let leg = || Command::Reserve {
+        order_id: order.id.clone(),
+        user_id: user("u"),
+        items: vec![Item { sku: sku("b"), qty: 1 }],
+    };
+    // A duplicate reservation is the same reservation.
+    assert_eq!(hold_state(other.apply(&at(2, leg()))), HoldState::Reserved);
+    assert_eq!(hold_state(other.apply(&at(2, leg()))), HoldState::Reserved);
+    assert_eq!(stock(&other, "b"), (0, 1, 0));
+    let Some(hold) = other.hold(&order.id).cloned() else { panic!("held") };
+    let resolved = home.apply(&at(3, Command::ResolveSaga { order_id: order.id.clone(), result: Ok(hold.items) }));
+    let Outcome::Order { order: confirmed, .. } = resolved else { panic!("resolved") };
+    assert_eq!((confirmed.status, confirmed.total_cents), (OrderStatus::Confirmed, 2 * 250 + 250));
+    // Paying sells the local lines and leaves the leg to be settled.
+    let Outcome::Order { order: paid, .. } = home.apply(&at(4, Command::Pay { order_id: order.id.clone() })) else {
+        panic!("paid")
+    };
+    assert!(paid.needs_driving());
+    assert_eq!(hold_state(other.apply(&at(5, Command::Settle { order_id: order.id.clone() }))), HoldState::Sold);
+    home.apply(&at(6, Command::LegsSynced { order_id: order.id.clone(), status: OrderStatus::Paid }));
+    assert!(!home.order(&order.id).unwrap().needs_driving());
+    assert_eq!((stock(&home, "a"), stock(&other, "b")), ((3, 0, 2), (0, 0, 1)));
+    // A second saga: the other partition refuses (out of stock), the home aborts and releases its lines.
+    let Outcome::Order { order: second, .. } = home.apply(&at(7, place("k2"))) else { panic!("placed") };
+    let refused = other.apply(&at(
+        8,
+        Command::Reserve {
+            order_id: second.id.clone(),
+            user_id: user("u"),
+            items: vec![Item { sku: sku("b"), qty: 1 }],
+        },
+    ));
+    let HoldState::Refused(why) = hold_state(refused) else { panic!("refused") };
+    home.apply(&at(9, Command::ResolveSaga { order_id: second.id.clone(), result: Err(why.clone()) }));
+    assert_eq!(home.order(&second.id).map(|o| o.status), Some(OrderStatus::Aborted));
+    assert_eq!(stock(&home, "a"), (3, 0, 2), "the aborted saga's local lines were released");
+    // A retry of the aborted request gets the aborted order back, not a new one.
+    let Outcome::Order { order: again, replayed } = home.apply(&at(10, place("k2"))) else { panic!("replayed") };
+    assert_eq!((again.id, again.status, replayed), (second.id.clone(), OrderStatus::Aborted, true));
+    // A release that arrives before its reservation leaves a tombstone: the late reservation is refused.
+    let ghost = OrderId::new(0, 99);
+    assert_eq!(hold_state(other.apply(&at(11, Command::Release { order_id: ghost.clone() }))), HoldState::Released);
+    other.apply(&at(11, Command::Restock { sku: sku("b"), qty: 5 }));
+    let late = other.apply(&at(
+        12,
+        Command::Reserve { order_id: ghost.clone(), user_id: user("v"), items: vec![Item { sku: sku("b"), qty: 1 }] },
+    ));
+    assert_eq!(hold_state(late), HoldState::Released);
+    assert_eq!(stock(&other, "b"), (5, 0, 1), "nothing reserved by the late reservation");
+    // Settling a released leg is refused; releasing a sold one too.
+    assert!(matches!(other.apply(&at(13, Command::Settle { order_id: ghost })), Outcome::Rejected { .. }));
+    assert!(matches!(other.apply(&at(13, Command::Release { order_id: order.id })), Outcome::Rejected { .. }));
+}
+
 /// A small world: few SKUs, users and keys, so that orders collide, run out and retry.
 fn command() -> impl Strategy<Value = Command> {
     let s = || (0..3u8).prop_map(|i| sku(&format!("s{i}")));
@@ -181,8 +262,29 @@ fn command() -> impl Strategy<Value = Command> {
                 idempotency_key: format!("k{key}"),
                 items: items.into_iter().map(|(sku, qty)| Item { sku, qty }).collect(),
                 pay_deadline_ms: deadline,
+                // s2 lives in partition 1 for orders placed here: those become sagas.
+                remote: [(sku("s2"), 1)].into_iter().collect(),
             }
         ),
+        // Legs of partition 1's orders held here, in any order, repeated, late or early.
+        (0..6u64, u(), proptest::collection::vec((s(), 0..4u32), 0..3)).prop_map(|(i, user_id, items)| {
+            Command::Reserve {
+                order_id: OrderId::new(1, i),
+                user_id,
+                items: items.into_iter().map(|(sku, qty)| Item { sku, qty }).collect(),
+            }
+        }),
+        (0..6u64).prop_map(|i| Command::Release { order_id: OrderId::new(1, i) }),
+        (0..6u64).prop_map(|i| Command::Settle { order_id: OrderId::new(1, i) }),
+        (id(), proptest::option::of(0..4u32), 0..3u64).prop_map(|(order_id, qty, price)| Command::ResolveSaga {
+            order_id,
+            result: match qty {
+                Some(qty) => Ok(vec![LineItem { sku: sku("s2"), qty, price_cents: price, remote: None }]),
+                None => Err(Rejection::OutOfStock { sku: sku("s2"), available: 0 }),
+            },
+        }),
+        (id(), prop_oneof![Just(OrderStatus::Paid), Just(OrderStatus::Cancelled), Just(OrderStatus::Aborted)])
+            .prop_map(|(order_id, status)| Command::LegsSynced { order_id, status }),
         id().prop_map(|order_id| Command::Pay { order_id }),
         id().prop_map(|order_id| Command::Cancel { order_id }),
         (0..200u64).prop_map(|forget_before_ms| Command::Expire { forget_before_ms }),
@@ -219,24 +321,34 @@ proptest! {
                 prop_assert_eq!(p.available + p.reserved + p.sold, p.added);
                 if let Some(max) = p.max_per_user {
                     for u in 0..3 {
-                        let held: u64 = a
+                        let user = format!("u{u}");
+                        let in_orders: u64 = a
                             .orders()
-                            .filter(|o| o.user_id.0 == format!("u{u}") && o.status.holds_stock())
-                            .flat_map(|o| o.items.iter().filter(|l| l.sku == p.sku).map(|l| u64::from(l.qty)))
+                            .filter(|o| o.user_id.0 == user && o.status.holds_stock())
+                            .flat_map(|o| o.items.iter().filter(|l| l.sku == p.sku && l.remote.is_none()))
+                            .map(|l| u64::from(l.qty))
                             .sum();
+                        let in_holds: u64 = a
+                            .holds()
+                            .filter(|h| h.user_id.0 == user && matches!(h.state, HoldState::Reserved | HoldState::Sold))
+                            .flat_map(|h| h.items.iter().filter(|l| l.sku == p.sku))
+                            .map(|l| u64::from(l.qty))
+                            .sum();
+                        let held = in_orders + in_holds;
                         prop_assert!(held <= u64::from(max), "user u{} holds {} of {}", u, held, p.sku);
                     }
                 }
             }
             // A retry of any placed order's request returns that order and changes nothing.
             if let Outcome::Order { order, replayed: false } = &out {
-                if order.status == OrderStatus::Confirmed && order.placed_ms == time {
+                if order.status.holds_stock() && order.placed_ms == time {
                     let before = a.clone();
                     let retry = Command::PlaceOrder {
                         user_id: order.user_id.clone(),
                         idempotency_key: order.idempotency_key.clone(),
                         items: order.items.iter().map(|l| Item { sku: l.sku.clone(), qty: l.qty }).collect(),
                         pay_deadline_ms: order.pay_deadline_ms,
+                        remote: [(sku("s2"), 1)].into_iter().collect(),
                     };
                     let mut probe = a.clone();
                     match probe.apply(&Stamped { at_ms: time, command: retry }) {

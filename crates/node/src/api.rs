@@ -32,6 +32,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/nodes", axum::routing::post(add_node))
+        .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/kv/{key}", get(kv_get).put(kv_put))
         .merge(crate::trade_api::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST))
@@ -81,38 +83,124 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 async fn cluster(State(node): State<Arc<Node>>) -> Response {
     let seen = node.membership.members();
+    let cluster = node.cluster();
+    let members: Vec<&str> = cluster.config.members().iter().map(|m| m.id.as_str()).collect();
     let names = node.peers.nodes();
-    let nodes: Vec<_> = names
+    let nodes: Vec<_> = cluster
+        .config
+        .addrs
         .values()
         .map(|n| {
+            let member = members.contains(&n.id.as_str());
             if n.id == node.config.id {
-                return json!({"id": n.id, "addr": n.peer, "http": node.config.http.to_string(), "zone": node.config.zone, "state": "alive", "phi": 0.0});
+                return json!({"id": n.id, "addr": n.peer, "http": node.config.http.to_string(), "zone": node.config.zone, "state": if member { "alive" } else { "left" }, "phi": 0.0});
             }
             match seen.iter().find(|(m, _)| m.id == n.id) {
                 Some((m, phi)) => json!({
                     "id": n.id, "addr": n.peer, "http": m.meta.http, "zone": m.meta.zone,
-                    "state": format!("{:?}", m.state).to_lowercase(),
+                    "state": if member { format!("{:?}", m.state).to_lowercase() } else { "left".into() },
                     // Phi grows without bound for a silent member; 1000 already means "certainly gone".
                     "phi": (phi.min(1000.0) * 100.0).round() / 100.0,
                 }),
                 // Not heard of yet: it has not joined the membership (or is down since this node started).
-                None => json!({"id": n.id, "addr": n.peer, "http": null, "zone": null, "state": "suspect", "phi": null}),
+                None => json!({"id": n.id, "addr": n.peer, "http": null, "zone": null, "state": if member { "suspect" } else { "left" }, "phi": null}),
             }
         })
         .collect();
     let name = |id: &u64| names.get(id).map(|n| n.id.clone());
+    let mut moving = 0;
     let partitions: Vec<_> = (0..node.config.partitions)
         .map(|p| {
             let m = node.metrics(p);
+            let target: Vec<String> = cluster.replicas(p).iter().filter_map(name).collect();
+            // The voters as this node's replica of the group sees them (unknown where it has none).
+            let voters: Option<Vec<String>> =
+                m.as_ref().map(|m| m.membership_config.membership().voter_ids().filter_map(|v| name(&v)).collect());
+            let settled = voters.as_ref().map(|v| {
+                let (mut a, mut b) = (v.clone(), target.clone());
+                a.sort();
+                b.sort();
+                a == b
+            });
+            if settled == Some(false) {
+                moving += 1;
+            }
             json!({
                 "id": p,
-                "replicas": node.replicas(p).iter().filter_map(name).collect::<Vec<_>>(),
+                "replicas": target,
+                "voters": voters,
+                "moving": settled.map(|s| !s),
                 "leader": m.as_ref().and_then(|m| m.current_leader.as_ref().and_then(name)),
                 "term": m.as_ref().map(|m| m.current_term),
             })
         })
         .collect();
-    Json(json!({"nodes": nodes, "partitions": partitions, "ring_epoch": node.placement.epoch()})).into_response()
+    Json(json!({
+        "nodes": nodes, "partitions": partitions, "ring_epoch": cluster.placement.epoch(),
+        "config_epoch": cluster.config.epoch, "partitions_moving": moving,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNode {
+    id: String,
+    peer: String,
+    http: String,
+    zone: Option<String>,
+    weight: Option<u32>,
+}
+
+/// `POST /v1/cluster/nodes`: adds a node (or re-announces its addresses); its replicas move to it.
+async fn add_node(State(node): State<Arc<Node>>, body: Result<Json<NewNode>, JsonRejection>) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
+    };
+    let ok_id = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    };
+    if !ok_id(&b.id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "id: 1 to 64 ASCII letters, digits, '-', '_' or '.'");
+    }
+    if b.peer.parse::<std::net::SocketAddr>().is_err() || b.http.parse::<std::net::SocketAddr>().is_err() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "peer, http: addresses like 127.0.0.1:7104");
+    }
+    let zone = b.zone.unwrap_or_else(|| "default".into());
+    let weight = b.weight.unwrap_or(100);
+    if !ok_id(&zone) || !(1..=100_000).contains(&weight) {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "zone: like an id; weight: 1 to 100000");
+    }
+    let op = crate::cluster::AdminOp::Join {
+        member: crate::cluster::Member { id: b.id.clone(), zone, weight },
+        addr: crate::types::PeerNode { id: b.id, peer: b.peer, http: b.http },
+    };
+    admin_answer(node.admin(op).await)
+}
+
+/// `DELETE /v1/cluster/nodes/{id}`: decommissions a node; its replicas move to the others first.
+async fn remove_node(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    admin_answer(node.admin(crate::cluster::AdminOp::Remove { id }).await)
+}
+
+fn admin_answer(r: Result<crate::cluster::ClusterConfig, crate::cluster::AdminError>) -> Response {
+    use crate::cluster::AdminError;
+    match r {
+        Ok(c) => Json(json!({
+            "config_epoch": c.epoch,
+            "members": c.members().iter().map(|m| &m.id).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(AdminError::UnknownNode(id)) => error(StatusCode::NOT_FOUND, "unknown_node", format!("no node {id}")),
+        Err(e @ (AdminError::TooFew(_) | AdminError::Founder(_))) => {
+            error(StatusCode::CONFLICT, "refused", e.to_string())
+        }
+        Err(AdminError::Invalid(m)) => error(StatusCode::BAD_REQUEST, "invalid_request", m),
+        Err(AdminError::Request(e)) => request_error(e),
+    }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -121,7 +209,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let _ = writeln!(out, "# TYPE rampart_raft_last_log_index gauge");
     let _ = writeln!(out, "# TYPE rampart_raft_last_applied_index gauge");
     let _ = writeln!(out, "# TYPE rampart_raft_is_leader gauge");
-    for (g, raft) in &node.groups {
+    for (g, raft) in &node.hosted() {
         let m = raft.metrics().borrow_watched().clone();
         let _ = writeln!(out, "rampart_raft_term{{partition=\"{g}\"}} {}", m.current_term);
         let _ = writeln!(out, "rampart_raft_last_log_index{{partition=\"{g}\"}} {}", m.last_log_index.unwrap_or(0));

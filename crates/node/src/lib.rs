@@ -10,6 +10,7 @@
 //! - Every stored value is checksummed; a corrupt value is an error, never data.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod network;
 pub mod node;

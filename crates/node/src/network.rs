@@ -90,6 +90,33 @@ impl Peers {
             .ok()
             .and_then(|n| n.get(&target).map(|p| p.peer.clone()))
             .ok_or(CallError::UnknownPeer(target))?;
+        self.call_at(addr, path, req, timeout).await
+    }
+
+    /// Adds or updates a node's addresses.
+    pub fn insert(&self, id: RaftId, node: PeerNode) {
+        if let Ok(mut nodes) = self.nodes.write() {
+            nodes.insert(id, node);
+        }
+    }
+
+    /// One call to a peer address no node table names yet (a node joining through a member).
+    pub async fn call_addr<Req: Serialize, Resp: DeserializeOwned>(
+        addr: std::net::SocketAddr,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        Peers::new(BTreeMap::new()).call_at(addr.to_string(), path, req, timeout).await
+    }
+
+    async fn call_at<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: String,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
         let body = postcard::to_allocvec(req).map_err(|e| CallError::Decode(addr.clone(), e.to_string()))?;
         let exchange = async {
             let request = Request::post(format!("http://{addr}{path}"))

@@ -16,7 +16,6 @@ use openraft::metrics::RaftMetrics;
 use openraft::raft::ReadPolicy;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{Raft, ServerState, Snapshot};
-use rampart_ring::{Node as RingNode, NodeId as RingNodeId, PartitionId, Placement, PlacementConfig, Zone};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,6 +23,7 @@ use tokio::task::JoinHandle;
 use rampart_membership::{Config as MembershipConfig, Meta, Profile};
 use rampart_membership_net::Membership;
 
+use crate::cluster::{AdminError, AdminOp, Cluster, ClusterConfig, Member, META_GROUP};
 use crate::config::{Bootstrap, NodeConfig};
 use crate::network::{CallError, GroupNetwork, Peers, SnapshotRpc, MAX_BODY};
 use crate::store::{StateMachine, Store};
@@ -86,31 +86,38 @@ pub enum RequestError {
 pub struct Node {
     pub config: NodeConfig,
     pub me: RaftId,
-    pub placement: Placement,
     pub store: Arc<Store>,
     pub peers: Peers,
-    pub groups: BTreeMap<GroupId, GroupRaft>,
     /// Failure detection: UDP on the peer port number, fallback probes over HTTP to the peer RPC server.
     pub membership: Arc<Membership>,
-    /// Each local group's queue of operations for its next entry (used while this node leads the group).
-    proposers: BTreeMap<GroupId, mpsc::Sender<Proposal>>,
+    /// The cluster configuration in force here and its placement (replaced when a newer one arrives).
+    pub(crate) cluster: std::sync::RwLock<Arc<Cluster>>,
+    /// The Raft groups this node runs, each with its queue of operations for its next entry.
+    groups: std::sync::RwLock<BTreeMap<GroupId, Hosted>>,
+    raft_config: Arc<openraft::Config>,
+    /// Configuration changes are made one at a time.
+    pub(crate) admin_lock: tokio::sync::Mutex<()>,
     /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
     pub proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A Raft group this node runs.
+#[derive(Debug)]
+struct Hosted {
+    raft: GroupRaft,
+    proposer: mpsc::Sender<Proposal>,
+    task: JoinHandle<()>,
 }
 
 /// One operation waiting to be proposed, and where its outcome goes.
 type Proposal = (Op, oneshot::Sender<Result<OpOutcome, RequestError>>);
 
 impl Node {
-    /// Opens storage, starts a Raft group for every partition this node replicates, serves peer RPC on
-    /// `--peer`, and initializes the groups it is the first replica of (on a fresh cluster only).
+    /// Opens storage, learns the cluster configuration (from `--initial-cluster`, the metadata group, or the
+    /// node named by `--join`), starts a Raft group for every partition this node replicates, serves peer RPC on
+    /// `--peer`, and initializes the groups it is the first replica of (once, on a fresh cluster).
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
-        let Bootstrap::Initial(members) = &config.bootstrap else {
-            return Err(StartError::Unsupported(
-                "--join needs the metadata group, which is not built yet: start every node with --initial-cluster",
-            ));
-        };
         std::fs::create_dir_all(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("rampart.redb"))?;
         // P and R are fixed at cluster creation: a node restarted with other values would route keys to the wrong
@@ -127,19 +134,48 @@ impl Node {
             Some(_) => {}
         }
         let me = raft_id(&config.id);
-        // Every node derives the same peer table and placement from the same initial cluster list.
-        let mut nodes = BTreeMap::new();
-        let mut ring_nodes = Vec::new();
-        for (id, peer) in members {
-            let http = if *id == config.id { config.http.to_string() } else { String::new() };
-            nodes.insert(raft_id(id), PeerNode { id: id.clone(), peer: peer.to_string(), http });
-            ring_nodes.push(RingNode::new(RingNodeId::new(id.clone())?).in_zone(Zone::new(config.zone.clone())?));
-        }
-        let placement = Placement::new(
-            PlacementConfig { partitions: config.partitions, replicas: config.replicas, vnodes: 160 },
-            ring_nodes,
-        )?;
-        let peers = Peers::new(nodes.clone());
+        let this = Member { id: config.id.clone(), zone: config.zone.clone(), weight: config.weight };
+        let this_addr =
+            PeerNode { id: config.id.clone(), peer: config.peer.to_string(), http: config.http.to_string() };
+        let (cluster_config, seeds) = match &config.bootstrap {
+            Bootstrap::Initial(members) => {
+                // Every founder derives the same first configuration from the same list.
+                let founders: Vec<Member> = members
+                    .keys()
+                    .map(|id| Member { id: id.clone(), zone: config.zone.clone(), weight: config.weight })
+                    .collect();
+                let addrs: BTreeMap<String, PeerNode> = members
+                    .iter()
+                    .map(|(id, peer)| {
+                        let http = if *id == config.id { config.http.to_string() } else { String::new() };
+                        (id.clone(), PeerNode { id: id.clone(), peer: peer.to_string(), http })
+                    })
+                    .collect();
+                let seeds = members.iter().filter(|(id, _)| **id != config.id).map(|(_, a)| *a).collect();
+                (ClusterConfig::founding(founders, addrs, config.partitions, config.replicas), seeds)
+            }
+            Bootstrap::Join(addr) => {
+                // Ask a member to add this node; the answer is the configuration that holds it.
+                let op = AdminOp::Join { member: this.clone(), addr: this_addr.clone() };
+                let answer: Result<ClusterConfig, AdminError> =
+                    Peers::call_addr(*addr, "/internal/admin", &op, Duration::from_secs(90))
+                        .await
+                        .map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
+                let joined = answer.map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
+                if (joined.partitions, joined.replicas) != shape {
+                    return Err(StartError::Mismatch(format!(
+                        "the cluster has {} partitions x {} replicas; start this node with --partitions {} --replicas {}",
+                        joined.partitions, joined.replicas, joined.partitions, joined.replicas
+                    )));
+                }
+                (joined, vec![*addr])
+            }
+        };
+        let cluster = Cluster::new(cluster_config)?;
+        let mut nodes: BTreeMap<RaftId, PeerNode> =
+            cluster.config.addrs.iter().map(|(id, n)| (raft_id(id), n.clone())).collect();
+        nodes.insert(me, this_addr);
+        let peers = Peers::new(nodes);
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: "rampart".into(),
@@ -152,33 +188,6 @@ impl Node {
             .validate()
             .map_err(|e| StartError::Raft(e.to_string()))?,
         );
-        let mut groups = BTreeMap::new();
-        let mut proposers = BTreeMap::new();
-        let proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)> = Arc::default();
-        let mut tasks = Vec::new();
-        let mut founders = Vec::new();
-        for p in 0..config.partitions {
-            let replicas: Vec<RaftId> = placement
-                .replicas(PartitionId(p))
-                .map(|r| r.map(|n| raft_id(n.id.as_str())).collect())
-                .unwrap_or_default();
-            if !replicas.contains(&me) {
-                continue;
-            }
-            let network = GroupNetwork { peers: peers.clone(), group: p };
-            let raft = Raft::new(me, raft_config.clone(), network, store.log(p), store.state_machine(p)?)
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
-            let (tx, rx) = mpsc::channel(QUEUE_MAX);
-            tasks.push(tokio::spawn(propose_loop(raft.clone(), p, rx, config.payment_deadline, proposed.clone())));
-            proposers.insert(p, tx);
-            if replicas.first() == Some(&me) {
-                founders.push((p, replicas));
-            }
-            groups.insert(p, raft);
-        }
-        let seeds: Vec<std::net::SocketAddr> =
-            members.iter().filter(|(id, _)| **id != config.id).map(|(_, addr)| *addr).collect();
         let meta = Meta { http: Some(config.http.to_string()), zone: config.zone.clone(), weight: config.weight };
         let membership_config = MembershipConfig { seed: me, ..MembershipConfig::profile(Profile::Lan) };
         let membership = Arc::new(
@@ -186,18 +195,34 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Raft(format!("membership: {e}")))?,
         );
+        let founding = cluster.config.epoch == 0 && !store.bootstrapped()?;
+        let first = Arc::new(cluster);
         let node = Arc::new(Node {
             config,
             me,
-            placement,
             store,
             peers,
-            groups,
             membership,
-            proposers,
-            proposed,
-            tasks: std::sync::Mutex::new(tasks),
+            cluster: std::sync::RwLock::new(first.clone()),
+            groups: std::sync::RwLock::new(BTreeMap::new()),
+            raft_config,
+            admin_lock: tokio::sync::Mutex::new(()),
+            proposed: Arc::default(),
+            tasks: std::sync::Mutex::new(Vec::new()),
         });
+        // The metadata group first: its stored configuration (newer than the founding one after a change)
+        // decides the rest.
+        if first.groups_of(me).contains(&META_GROUP) {
+            node.host(META_GROUP).await?;
+            if let Ok(Some(c)) = node.stored_config() {
+                node.install(c);
+            }
+        }
+        for group in node.cluster().groups_of(me) {
+            if node.group(group).is_none() {
+                node.host(group).await?;
+            }
+        }
         let listener = TcpListener::bind(node.config.peer).await.map_err(|e| StartError::Bind(node.config.peer, e))?;
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -209,39 +234,98 @@ impl Node {
             }
         });
         let expiry = tokio::spawn(expiry_loop(Arc::downgrade(&node)));
+        let reconcile = tokio::spawn(crate::cluster::reconcile_loop(Arc::downgrade(&node)));
         if let Ok(mut t) = node.tasks.lock() {
-            t.extend([server, expiry]);
+            t.extend([server, expiry, reconcile]);
         }
-        for (p, replicas) in founders {
-            let raft = &node.groups[&p];
-            // Only a group that never had a log is initialized; a restarted node finds its state on disk.
-            if raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
-                continue;
+        if founding {
+            // A fresh cluster: the first replica of each group creates it with the founding replicas. Never again
+            // after this (a group this node leaves and rejoins is rebuilt by its leader).
+            let cluster = node.cluster();
+            for group in cluster.groups_of(me) {
+                let replicas = cluster.replicas(group);
+                let Some(raft) = node.group(group) else { continue };
+                if replicas.first() != Some(&me)
+                    || raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?
+                {
+                    continue;
+                }
+                let members: BTreeMap<RaftId, PeerNode> =
+                    replicas.iter().filter_map(|r| node.peers.nodes().get(r).map(|n| (*r, n.clone()))).collect();
+                if let Err(e) = raft.initialize(members).await {
+                    tracing::warn!("partition {group}: initialize: {e}");
+                }
             }
-            let members: BTreeMap<RaftId, PeerNode> =
-                replicas.iter().filter_map(|r| node.peers.nodes().get(r).map(|n| (*r, n.clone()))).collect();
-            if let Err(e) = raft.initialize(members).await {
-                tracing::warn!("partition {p}: initialize: {e}");
-            }
+            node.store.set_bootstrapped().await?;
         }
         Ok(node)
     }
 
-    /// The partition a key belongs to.
+    /// Starts a Raft group (empty if new: its leader fills it) and its proposer.
+    pub(crate) async fn host(&self, group: GroupId) -> Result<(), StartError> {
+        let network = GroupNetwork { peers: self.peers.clone(), group };
+        let raft = Raft::new(
+            self.me,
+            self.raft_config.clone(),
+            network,
+            self.store.log(group),
+            self.store.state_machine(group)?,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        let task =
+            tokio::spawn(propose_loop(raft.clone(), group, rx, self.config.payment_deadline, self.proposed.clone()));
+        if let Ok(mut groups) = self.groups.write() {
+            groups.insert(group, Hosted { raft, proposer: tx, task });
+        }
+        Ok(())
+    }
+
+    /// Stops a group this node no longer replicates and deletes its data.
+    pub(crate) async fn unhost(&self, group: GroupId) {
+        let hosted = self.groups.write().ok().and_then(|mut g| g.remove(&group));
+        if let Some(h) = hosted {
+            tracing::info!("partition {group}: no longer replicated here; dropping it");
+            h.task.abort();
+            let _ = h.raft.shutdown().await;
+            if let Err(e) = self.store.drop_group(group).await {
+                tracing::error!("partition {group}: dropping its data: {e}");
+            }
+        }
+    }
+
+    /// A group this node runs.
+    pub fn group(&self, group: GroupId) -> Option<GroupRaft> {
+        self.groups.read().ok()?.get(&group).map(|h| h.raft.clone())
+    }
+
+    /// Every group this node runs.
+    pub fn hosted(&self) -> Vec<(GroupId, GroupRaft)> {
+        self.groups.read().map(|g| g.iter().map(|(id, h)| (*id, h.raft.clone())).collect()).unwrap_or_default()
+    }
+
+    fn proposer(&self, group: GroupId) -> Option<mpsc::Sender<Proposal>> {
+        self.groups.read().ok()?.get(&group).map(|h| h.proposer.clone())
+    }
+
+    /// The configuration in force here.
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The partition a key belongs to (fixed for the life of the cluster).
     pub fn partition_of(&self, key: &str) -> GroupId {
-        self.placement.partition_of(key.as_bytes()).0
+        rampart_ring::hash::reduce(rampart_ring::hash::key_hash(key.as_bytes()), self.config.partitions)
     }
 
     /// The replicas of a partition, in preference order.
     pub fn replicas(&self, group: GroupId) -> Vec<RaftId> {
-        self.placement
-            .replicas(PartitionId(group))
-            .map(|r| r.map(|n| raft_id(n.id.as_str())).collect())
-            .unwrap_or_default()
+        self.cluster().replicas(group)
     }
 
     pub fn metrics(&self, group: GroupId) -> Option<RaftMetrics<C>> {
-        self.groups.get(&group).map(|r| r.metrics().borrow_watched().clone())
+        self.group(group).map(|r| r.metrics().borrow_watched().clone())
     }
 
     /// Commits `op` in its partition (locally if this node leads it, else through the leader) and returns what
@@ -334,7 +418,7 @@ impl Node {
     }
 
     async fn route(&self, group: GroupId, request: Request) -> Result<Answer, RequestError> {
-        let leader = match self.groups.get(&group) {
+        let leader = match self.group(group) {
             Some(raft) => {
                 // Read the two fields in place: cloning the whole metrics on every request is measurable.
                 let (state, leader) = {
@@ -370,10 +454,10 @@ impl Node {
 
     /// Serves `request` on this node's replica of `group` (it believes it is the leader).
     async fn serve_local(&self, group: GroupId, request: Request) -> Result<Answer, RequestError> {
-        let raft = self.groups.get(&group).ok_or(RequestError::Unavailable(group))?;
+        let raft = self.group(group).ok_or(RequestError::Unavailable(group))?;
         match request {
             Request::Write(op) => {
-                let proposer = self.proposers.get(&group).ok_or(RequestError::Unavailable(group))?;
+                let proposer = self.proposer(group).ok_or(RequestError::Unavailable(group))?;
                 let (tx, rx) = oneshot::channel();
                 // A full queue refuses the write before anything is proposed: retrying is safe.
                 proposer.try_send((op, tx)).map_err(|_| RequestError::Unavailable(group))?;
@@ -400,7 +484,7 @@ impl Node {
     /// Leaves the cluster's membership, then stops every group and the peer server.
     pub async fn shutdown(&self) {
         self.membership.leave().await;
-        for raft in self.groups.values() {
+        for (_, raft) in self.hosted() {
             let _ = raft.shutdown().await;
         }
         if let Ok(mut tasks) = self.tasks.lock() {
@@ -412,10 +496,10 @@ impl Node {
 
     /// Partitions this node replicates whose leader is unknown.
     pub fn leaderless(&self) -> BTreeSet<GroupId> {
-        self.groups
-            .iter()
+        self.hosted()
+            .into_iter()
             .filter(|(_, r)| r.metrics().borrow_watched().current_leader.is_none())
-            .map(|(g, _)| *g)
+            .map(|(g, _)| g)
             .collect()
     }
 }
@@ -520,8 +604,8 @@ async fn expiry_loop(node: std::sync::Weak<Node>) {
         let Some(node) = node.upgrade() else { return };
         let now = now_ms();
         let forget_before_ms = now.saturating_sub(node.config.idempotency_retention.as_millis() as u64);
-        for (group, raft) in &node.groups {
-            if raft.metrics().borrow_watched().state != ServerState::Leader {
+        for (group, raft) in &node.hosted() {
+            if *group == META_GROUP || raft.metrics().borrow_watched().state != ServerState::Leader {
                 continue;
             }
             let due = node
@@ -575,13 +659,16 @@ fn peer_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/raft/{group}/{op}", post(raft_rpc))
         .route("/internal/{group}", post(forwarded))
+        .route("/internal/admin", post(admin_rpc))
+        .route("/internal/members/{group}", post(members_rpc))
+        .route("/internal/drop/{group}", post(drop_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node.clone())
         .merge(rampart_membership_net::http::router(node.membership.clone()))
 }
 
 async fn raft_rpc(State(node): State<Arc<Node>>, Path((group, op)): Path<(GroupId, String)>, body: Bytes) -> Response {
-    let Some(raft) = node.groups.get(&group) else {
+    let Some(raft) = node.group(group) else {
         return postcard_response(&Err::<(), String>(format!("partition {group} is not hosted here")));
     };
     let err = |e: &dyn std::fmt::Display| e.to_string();
@@ -614,8 +701,23 @@ async fn forwarded(State(node): State<Arc<Node>>, Path(group): Path<GroupId>, bo
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let leads = node.groups.get(&group).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
+    let leads = node.group(group).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
     let answer: Result<Answer, Forward> =
         if leads { node.serve_local(group, request).await.map_err(Forward::Error) } else { Err(Forward::NotLeader) };
     postcard_response(&answer)
+}
+
+async fn admin_rpc(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match postcard::from_bytes::<AdminOp>(&body) {
+        Ok(op) => postcard_response(&node.admin(op).await),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn members_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>) -> Response {
+    postcard_response(&node.members_if_leader(group))
+}
+
+async fn drop_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>) -> Response {
+    postcard_response(&node.drop_if_not_mine(group).await)
 }

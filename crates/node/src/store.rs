@@ -48,6 +48,10 @@ const TRADE: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("trade"
 
 type C = TypeConfig;
 
+/// Where the metadata group keeps the cluster configuration (in its key-value rows).
+pub const CONFIG_KEY: &str = "cluster/config";
+const CONFIG_EPOCH_KEY: &str = "cluster/epoch";
+
 /// The meta rows of the node itself (not of a partition) live under this group number, above any partition.
 const SHAPE_GROUP: GroupId = u32::MAX;
 type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
@@ -210,6 +214,48 @@ impl Store {
         self.write(Box::new(move |txn| {
             txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, "shape"), bytes.as_slice()).map_err(other)?;
             Ok(())
+        }))
+        .await
+    }
+
+    /// Whether this node initialized its founding groups once (a node never initializes a group twice: a group
+    /// it left and rejoins is rebuilt from its leader).
+    pub fn bootstrapped(&self) -> io::Result<bool> {
+        Ok(self.read_meta::<bool>(SHAPE_GROUP, "bootstrapped")?.unwrap_or(false))
+    }
+
+    pub async fn set_bootstrapped(&self) -> io::Result<()> {
+        let bytes = encode(&true)?;
+        self.write(Box::new(move |txn| {
+            let mut meta = txn.open_table(META).map_err(other)?;
+            meta.insert((SHAPE_GROUP, "bootstrapped"), bytes.as_slice()).map_err(other)?;
+            Ok(())
+        }))
+        .await
+    }
+
+    /// Deletes every row of a group this node no longer replicates (its log, vote, state and snapshot).
+    pub async fn drop_group(&self, group: GroupId) -> io::Result<()> {
+        if let Ok(mut shards) = self.shards.lock() {
+            shards.remove(&group);
+        }
+        self.write(Box::new(move |txn| {
+            delete_entries(txn, group, 0, u64::MAX)?;
+            for table in [META, KV] {
+                let mut t = txn.open_table(table).map_err(other)?;
+                let mut keys: Vec<String> = Vec::new();
+                for item in t.range((group, "")..).map_err(other)? {
+                    let (k, _) = item.map_err(other)?;
+                    if k.value().0 != group {
+                        break;
+                    }
+                    keys.push(k.value().1.to_owned());
+                }
+                for key in keys {
+                    t.remove((group, key.as_str())).map_err(other)?;
+                }
+            }
+            replace_trade_rows(txn, group, &[])
         }))
         .await
     }
@@ -582,6 +628,7 @@ impl RaftStateMachine<C> for StateMachine {
         let mut membership = None;
         let mut changes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut results: Vec<Vec<OpOutcome>> = Vec::with_capacity(batch.len());
+        let mut configs: Vec<(u64, Vec<u8>)> = Vec::new();
         let trade_changes = {
             let mut shard = self.shard.lock().map_err(other)?;
             for (entry, _) in &batch {
@@ -597,6 +644,10 @@ impl RaftStateMachine<C> for StateMachine {
                                 }
                                 Op::Delete { key } => {
                                     changes.push((key.clone(), None));
+                                    OpOutcome::Done
+                                }
+                                Op::SetConfig { epoch, json } => {
+                                    configs.push((*epoch, encode(json)?));
                                     OpOutcome::Done
                                 }
                                 Op::Trade(c) => {
@@ -633,6 +684,17 @@ impl RaftStateMachine<C> for StateMachine {
                         Some(v) => kv.insert((group, key.as_str()), v.as_slice()).map_err(other)?,
                         None => kv.remove((group, key.as_str())).map_err(other)?,
                     };
+                }
+                // A configuration applies only on top of the one before it: a stale proposal changes nothing.
+                for (epoch, json) in &configs {
+                    let current = match kv.get((group, CONFIG_EPOCH_KEY)).map_err(other)? {
+                        Some(v) => decode::<String>(v.value(), &|| "config epoch".into())?.parse::<u64>().unwrap_or(0),
+                        None => 0,
+                    };
+                    if *epoch == current + 1 {
+                        kv.insert((group, CONFIG_KEY), json.as_slice()).map_err(other)?;
+                        kv.insert((group, CONFIG_EPOCH_KEY), encode(&epoch.to_string())?.as_slice()).map_err(other)?;
+                    }
                 }
                 let mut trade = txn.open_table(TRADE).map_err(other)?;
                 for (key, value) in &trade_changes {

@@ -34,9 +34,19 @@ pub struct Command {
 /// not undo the others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: String, value: String },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
     Trade(rampart_trading::Command),
+    /// The metadata group's cluster configuration (JSON), applied only if `epoch` is the stored epoch plus one.
+    SetConfig {
+        epoch: u64,
+        json: String,
+    },
 }
 
 impl fmt::Display for Op {
@@ -45,6 +55,7 @@ impl fmt::Display for Op {
             Op::Put { key, value } => write!(f, "put {key} ({} bytes)", value.len()),
             Op::Delete { key } => write!(f, "delete {key}"),
             Op::Trade(c) => write!(f, "{c:?}"),
+            Op::SetConfig { epoch, .. } => write!(f, "cluster configuration {epoch}"),
         }
     }
 }

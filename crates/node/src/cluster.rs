@@ -1,0 +1,418 @@
+//! The cluster configuration and the work that follows it: which nodes are members, where each partition's
+//! replicas belong, and moving replicas there.
+//!
+//! The configuration lives in the **metadata group** ([`META_GROUP`], a Raft group on up to five founding
+//! nodes) under one key, and changes only through that group's leader: a node joins (`--join`, or
+//! `POST /v1/cluster/nodes`) or is decommissioned (`DELETE /v1/cluster/nodes/{id}`); each change appends the new
+//! member list to the history and bumps the epoch. The placement is the ring's: `Placement::new` on the first
+//! member list, then `Placement::rebalance` for each later one, so every node derives the same assignment, and
+//! a change moves exactly the replicas `Placement::diff` names.
+//!
+//! **Moving replicas.** Every node, every 500 ms: fetches the configuration; starts an empty Raft group for each
+//! partition the placement now gives it; for each partition it leads whose voters differ from the placement,
+//! adds the missing replicas as learners, waits until they caught up (a snapshot or the log), then makes the
+//! placement's replicas the voters (one partition at a time per leader: the throttle); and drops (with its data)
+//! any group the placement no longer gives it once that group's leader confirms it is no longer a member.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::raft::ReadPolicy;
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use rampart_ring::{Node as RingNode, NodeId as RingNodeId, PartitionId, Placement, PlacementConfig, Zone};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{Node, Read, ReadResult, RequestError};
+use crate::store::CONFIG_KEY;
+use crate::types::{raft_id, GroupId, Op, PeerNode, RaftId};
+
+/// The metadata group's number (above every partition).
+pub const META_GROUP: GroupId = u32::MAX - 1;
+/// The most nodes the metadata group runs on.
+pub const META_MAX: usize = 5;
+/// How often a node reconciles its groups with the configuration.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// How long a new replica may take to catch up before the move is retried.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One member of the cluster, as the ring sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub zone: String,
+    pub weight: u32,
+}
+
+/// The cluster configuration, replicated by the metadata group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Changes applied since the cluster was created.
+    pub epoch: u64,
+    pub partitions: u32,
+    pub replicas: u32,
+    /// Every member list the cluster has had, the first one (the founders) first and the current one last.
+    pub history: Vec<Vec<Member>>,
+    /// How to reach every node ever a member.
+    pub addrs: BTreeMap<String, PeerNode>,
+}
+
+/// A change to the member list.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Adds (or re-announces) a node; answered with the configuration that holds it.
+    Join { member: Member, addr: PeerNode },
+    /// Decommissions a node: its replicas move to the others.
+    Remove { id: String },
+}
+
+/// Why a configuration change was refused. Nothing changed.
+#[derive(Clone, Debug, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("no node {0} in the cluster")]
+    UnknownNode(String),
+    #[error("removing {0} would leave fewer nodes than replicas per partition")]
+    TooFew(String),
+    #[error("a founding node (it runs the metadata group) cannot be removed yet: {0}")]
+    Founder(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Request(#[from] RequestError),
+}
+
+impl ClusterConfig {
+    /// The configuration of a cluster created from `founders` (epoch 0).
+    pub fn founding(founders: Vec<Member>, addrs: BTreeMap<String, PeerNode>, partitions: u32, replicas: u32) -> Self {
+        ClusterConfig { epoch: 0, partitions, replicas, history: vec![founders], addrs }
+    }
+
+    pub fn members(&self) -> &[Member] {
+        self.history.last().map_or(&[], Vec::as_slice)
+    }
+
+    /// The nodes running the metadata group: the first founders by id.
+    pub fn meta_members(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.history.first().map(|f| f.iter().map(|m| m.id.clone()).collect()).unwrap_or_default();
+        ids.sort();
+        ids.truncate(META_MAX);
+        ids
+    }
+
+    /// The placement: the ring's assignment for the first member list, rebalanced through every later one.
+    pub fn placement(&self) -> Result<Placement, rampart_ring::PlacementError> {
+        let ring_nodes = |members: &[Member]| -> Result<Vec<RingNode>, rampart_ring::PlacementError> {
+            members
+                .iter()
+                .map(|m| {
+                    Ok(RingNode::new(RingNodeId::new(m.id.clone())?)
+                        .in_zone(Zone::new(m.zone.clone())?)
+                        .with_weight(m.weight))
+                })
+                .collect()
+        };
+        let config = PlacementConfig { partitions: self.partitions, replicas: self.replicas, vnodes: 160 };
+        let mut placement = Placement::new(config, ring_nodes(&self.history[0])?)?;
+        for members in &self.history[1..] {
+            placement = placement.rebalance(ring_nodes(members)?)?;
+        }
+        Ok(placement)
+    }
+
+    /// The configuration after `op`, or `None` if `op` changes nothing.
+    fn apply(&self, op: &AdminOp) -> Result<Option<ClusterConfig>, AdminError> {
+        let mut next = self.clone();
+        let mut members = self.members().to_vec();
+        match op {
+            AdminOp::Join { member, addr } => {
+                if self.members().contains(member) && self.addrs.get(&member.id) == Some(addr) {
+                    return Ok(None);
+                }
+                next.addrs.insert(member.id.clone(), addr.clone());
+                match members.iter_mut().find(|m| m.id == member.id) {
+                    Some(m) => *m = member.clone(),
+                    None => members.push(member.clone()),
+                }
+            }
+            AdminOp::Remove { id } => {
+                if !members.iter().any(|m| &m.id == id) {
+                    return Err(AdminError::UnknownNode(id.clone()));
+                }
+                if self.meta_members().contains(id) {
+                    return Err(AdminError::Founder(id.clone()));
+                }
+                if members.len() <= self.replicas as usize {
+                    return Err(AdminError::TooFew(id.clone()));
+                }
+                members.retain(|m| &m.id != id);
+            }
+        }
+        next.history.push(members);
+        next.epoch += 1;
+        next.placement().map_err(|e| AdminError::Invalid(e.to_string()))?;
+        Ok(Some(next))
+    }
+}
+
+/// The configuration in force on this node and what it implies.
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub placement: Placement,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Result<Cluster, rampart_ring::PlacementError> {
+        let placement = config.placement()?;
+        Ok(Cluster { config, placement })
+    }
+
+    /// A partition's replicas (Raft ids) in preference order.
+    pub fn replicas(&self, group: GroupId) -> Vec<RaftId> {
+        if group == META_GROUP {
+            return self.config.meta_members().iter().map(|id| raft_id(id)).collect();
+        }
+        self.placement
+            .replicas(PartitionId(group))
+            .map(|r| r.map(|n| raft_id(n.id.as_str())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The groups (partitions, and the metadata group) `me` should replicate.
+    pub fn groups_of(&self, me: RaftId) -> BTreeSet<GroupId> {
+        let mut groups: BTreeSet<GroupId> =
+            (0..self.config.partitions).filter(|p| self.replicas(*p).contains(&me)).collect();
+        if self.replicas(META_GROUP).contains(&me) {
+            groups.insert(META_GROUP);
+        }
+        groups
+    }
+}
+
+impl Node {
+    /// Applies a membership change through the metadata group's leader (forwarding to it if need be) and
+    /// returns the configuration in force after it.
+    pub async fn admin(&self, op: AdminOp) -> Result<ClusterConfig, AdminError> {
+        let leader = self.group(META_GROUP).map(|r| {
+            let m = r.metrics();
+            let m = m.borrow_watched();
+            (m.state == ServerState::Leader, m.current_leader)
+        });
+        if let Some((true, _)) = leader {
+            return self.admin_local(op).await;
+        }
+        let mut targets: Vec<RaftId> = leader.and_then(|(_, l)| l).into_iter().collect();
+        targets.extend(self.cluster().replicas(META_GROUP).into_iter().filter(|r| *r != self.me));
+        let mut last = AdminError::Request(RequestError::Unavailable(META_GROUP));
+        for target in targets {
+            match self
+                .peers
+                .call::<_, Result<ClusterConfig, AdminError>>(target, "/internal/admin", &op, Duration::from_secs(90))
+                .await
+            {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(AdminError::Request(e))) => last = AdminError::Request(e),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => last = AdminError::Invalid(format!("metadata group unreachable: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    /// On the metadata group's leader: one change at a time, on top of the latest committed configuration.
+    pub(crate) async fn admin_local(&self, op: AdminOp) -> Result<ClusterConfig, AdminError> {
+        let _one_at_a_time = self.admin_lock.lock().await;
+        let meta = self.group(META_GROUP).ok_or(RequestError::Unavailable(META_GROUP))?;
+        meta.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|_| RequestError::Unavailable(META_GROUP))?;
+        let current = self.stored_config()?.unwrap_or_else(|| self.cluster().config.clone());
+        let Some(next) = current.apply(&op)? else { return Ok(current) };
+        let json = serde_json::to_string(&next).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        self.propose(META_GROUP, Op::SetConfig { epoch: next.epoch, json }).await?;
+        match self.stored_config()? {
+            Some(c) if c.epoch == next.epoch => {
+                self.install(c.clone());
+                Ok(c)
+            }
+            // Another configuration won the epoch: nothing of this change was applied.
+            _ => Err(AdminError::Request(RequestError::Unavailable(META_GROUP))),
+        }
+    }
+
+    /// The configuration this node's replica of the metadata group has applied, if it runs one and it is set.
+    pub(crate) fn stored_config(&self) -> Result<Option<ClusterConfig>, RequestError> {
+        if self.group(META_GROUP).is_none() {
+            return Ok(None);
+        }
+        let json = self.store.get(META_GROUP, CONFIG_KEY).map_err(|e| RequestError::Internal(e.to_string()))?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| RequestError::Internal(format!("cluster configuration: {e}")))
+        })
+        .transpose()
+    }
+
+    /// The latest configuration: from the local metadata replica, else read through the metadata group.
+    async fn latest_config(&self) -> Result<Option<ClusterConfig>, RequestError> {
+        if self.group(META_GROUP).is_some() {
+            return self.stored_config();
+        }
+        match self.query(META_GROUP, Read::Kv(CONFIG_KEY.into())).await? {
+            ReadResult::Kv(Some(json)) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| RequestError::Internal(format!("cluster configuration: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Puts a newer configuration in force here: peers learn new addresses, routing uses the new placement.
+    pub(crate) fn install(&self, config: ClusterConfig) {
+        if config.epoch <= self.cluster().config.epoch {
+            return;
+        }
+        for (id, addr) in &config.addrs {
+            self.peers.insert(raft_id(id), addr.clone());
+        }
+        match Cluster::new(config) {
+            Ok(c) => {
+                tracing::info!(
+                    "cluster configuration {} in force: {} members",
+                    c.config.epoch,
+                    c.config.members().len()
+                );
+                if let Ok(mut w) = self.cluster.write() {
+                    *w = Arc::new(c);
+                }
+            }
+            Err(e) => tracing::error!("cluster configuration rejected: {e}"),
+        }
+    }
+
+    /// One round of reconciliation (see the module doc).
+    pub(crate) async fn reconcile(&self) {
+        match self.latest_config().await {
+            Ok(Some(c)) => self.install(c),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("cluster configuration: {e}"),
+        }
+        let cluster = self.cluster();
+        let mine = cluster.groups_of(self.me);
+        for group in &mine {
+            if self.group(*group).is_none() {
+                if let Err(e) = self.host(*group).await {
+                    tracing::warn!("partition {group}: cannot start its group: {e}");
+                }
+            }
+        }
+        for (group, raft) in self.hosted() {
+            if group == META_GROUP {
+                continue;
+            }
+            let (leads, voters, learners) = {
+                let m = raft.metrics();
+                let m = m.borrow_watched();
+                let membership = m.membership_config.membership();
+                let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
+                let learners: BTreeSet<RaftId> = membership.learner_ids().collect();
+                (m.state == ServerState::Leader, voters, learners)
+            };
+            let target: BTreeSet<RaftId> = cluster.replicas(group).into_iter().collect();
+            if leads && voters != target && !target.is_empty() {
+                self.move_replicas(group, &raft, &voters, &target).await;
+            } else if !mine.contains(&group) && !voters.contains(&self.me) && !learners.contains(&self.me) {
+                // The group's own membership no longer holds this node (it saw the change that removed it).
+                self.unhost(group).await;
+            } else if !mine.contains(&group) && !leads && self.removed_from(group, &cluster).await {
+                self.unhost(group).await;
+            }
+        }
+    }
+
+    /// On a partition's leader: learners for the new replicas, caught up, then the placement's voters.
+    async fn move_replicas(
+        &self,
+        group: GroupId,
+        raft: &crate::node::GroupRaft,
+        voters: &BTreeSet<RaftId>,
+        target: &BTreeSet<RaftId>,
+    ) {
+        let nodes = self.peers.nodes();
+        for new in target.iter().filter(|t| !voters.contains(t)) {
+            let Some(node) = nodes.get(new) else {
+                tracing::warn!("partition {group}: no address for replica {new}");
+                return;
+            };
+            tracing::info!("partition {group}: adding {} as a learner", node.id);
+            match tokio::time::timeout(CATCH_UP_TIMEOUT, raft.add_learner(*new, node.clone(), true)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::info!("partition {group}: add learner {}: {e}", node.id);
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!("partition {group}: {} did not catch up in {CATCH_UP_TIMEOUT:?}", node.id);
+                    return;
+                }
+            }
+        }
+        match raft.change_membership(target.clone(), false).await {
+            Ok(_) => {
+                tracing::info!(
+                    "partition {group}: replicas are now {:?}",
+                    target.iter().filter_map(|t| nodes.get(t).map(|n| n.id.clone())).collect::<Vec<_>>()
+                );
+                // Tell the replicas that left: they drop the group and its data.
+                for gone in voters.iter().filter(|v| !target.contains(v)) {
+                    let _ = self
+                        .peers
+                        .call::<_, bool>(*gone, &format!("/internal/drop/{group}"), &(), Duration::from_secs(2))
+                        .await;
+                }
+            }
+            Err(e) => tracing::info!("partition {group}: change membership: {e}"),
+        }
+    }
+
+    /// Whether `group`'s leader (asked through the placement's replicas) confirms this node is not a member.
+    async fn removed_from(&self, group: GroupId, cluster: &Cluster) -> bool {
+        for target in cluster.replicas(group) {
+            let answer: Result<Option<Vec<RaftId>>, _> =
+                self.peers.call(target, &format!("/internal/members/{group}"), &(), Duration::from_secs(2)).await;
+            if let Ok(Some(members)) = answer {
+                return !members.contains(&self.me);
+            }
+        }
+        false
+    }
+
+    /// Answers `/internal/members/{group}`: the group's voters and learners, if this node leads it.
+    pub(crate) fn members_if_leader(&self, group: GroupId) -> Option<Vec<RaftId>> {
+        let raft = self.group(group)?;
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        Some(membership.voter_ids().chain(membership.learner_ids()).collect())
+    }
+
+    /// Answers `/internal/drop/{group}`: drops the group if the placement no longer gives it to this node.
+    pub(crate) async fn drop_if_not_mine(&self, group: GroupId) -> bool {
+        if self.cluster().groups_of(self.me).contains(&group) || group == META_GROUP {
+            return false;
+        }
+        self.unhost(group).await;
+        true
+    }
+}
+
+/// Reconciles every [`RECONCILE_EVERY`] until the node is gone.
+pub(crate) async fn reconcile_loop(node: std::sync::Weak<Node>) {
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        node.reconcile().await;
+    }
+}

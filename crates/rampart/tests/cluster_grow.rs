@@ -1,0 +1,170 @@
+//! Real processes: a 3-node cluster gains a 4th node (`--join`) and loses it again (`DELETE
+//! /v1/cluster/nodes/n3`). Only the replicas the ring names move (to the joiner, then away from it), the
+//! voters of every partition end up as the placement says, and every acknowledged write stays readable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::http;
+
+const BASE: u16 = 27_900;
+const PARTITIONS: usize = 8;
+
+struct Nodes {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn http_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], BASE + i as u16))
+}
+
+fn peer(i: usize) -> String {
+    format!("127.0.0.1:{}", BASE + 50 + i as u16)
+}
+
+impl Nodes {
+    fn start(&mut self, i: usize, bootstrap: &[&str]) {
+        let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(["serve", "--id", &format!("n{i}"), "--http", &http_addr(i).to_string(), "--peer", &peer(i)])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("n{i}")))
+            .args(["--partitions", &PARTITIONS.to_string()])
+            .args(bootstrap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rampart serve starts");
+        self.children.push(child);
+    }
+}
+
+fn view(i: usize) -> Option<serde_json::Value> {
+    http("GET", http_addr(i), "/v1/cluster", None)
+        .and_then(|(s, b)| (s == 200).then(|| serde_json::from_str(&b).ok())?)
+}
+
+/// Waits until configuration `epoch` is in force and, for every partition, some replica sees its voters equal to
+/// the placement's replicas with a leader; returns each partition's replica set.
+fn settled(nodes: usize, epoch: u64) -> Vec<BTreeSet<String>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let views: Vec<serde_json::Value> = (0..nodes).filter_map(view).collect();
+        let mut sets: Vec<Option<BTreeSet<String>>> = vec![None; PARTITIONS];
+        for v in views.iter().filter(|v| v["config_epoch"] == epoch) {
+            for p in v["partitions"].as_array().into_iter().flatten() {
+                let id = p["id"].as_u64().unwrap_or(0) as usize;
+                let replicas: BTreeSet<String> = p["replicas"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect();
+                let voters: Option<BTreeSet<String>> =
+                    p["voters"].as_array().map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect());
+                if voters.as_ref() == Some(&replicas) && !p["leader"].is_null() {
+                    sets[id] = Some(replicas);
+                }
+            }
+        }
+        if sets.iter().all(Option::is_some) {
+            return sets.into_iter().flatten().collect();
+        }
+        assert!(Instant::now() < deadline, "configuration {epoch} did not settle: {sets:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn put(i: usize, key: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = format!(r#"{{"value":"{value}"}}"#);
+    loop {
+        match http("PUT", http_addr(i), &format!("/v1/kv/{key}"), Some(&body)) {
+            Some((200, _)) => return,
+            other => assert!(Instant::now() < deadline, "put {key}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads every written key through node `via`, waiting out elections (a partition whose leader just left).
+fn all_readable(via: usize, written: &BTreeMap<String, String>) {
+    for (key, value) in written {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            match http("GET", http_addr(via), &format!("/v1/kv/{key}"), None) {
+                Some((200, body)) => break body,
+                other => assert!(Instant::now() < deadline, "{key} through n{via}: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(body.contains(&format!("\"{value}\"")), "{key} through n{via}: {body}");
+    }
+}
+
+#[test]
+fn a_fourth_node_joins_and_leaves_moving_only_what_the_ring_names() {
+    let mut nodes = Nodes { dir: tempfile::tempdir().expect("temp dir"), children: Vec::new() };
+    let initial: Vec<String> = (0..3).map(|i| format!("n{i}={}", peer(i))).collect();
+    let initial = initial.join(",");
+    for i in 0..3 {
+        nodes.start(i, &["--initial-cluster", &initial]);
+    }
+    let before = settled(3, 0);
+    let mut written = BTreeMap::new();
+    for k in 0..60 {
+        let (key, value) = (format!("grow-{k}"), format!("v{k}"));
+        put(k % 3, &key, &value);
+        written.insert(key, value);
+    }
+
+    nodes.start(3, &["--join", &peer(0)]);
+    let grown = settled(4, 1);
+    let mut gained = 0;
+    for (p, (old, new)) in before.iter().zip(&grown).enumerate() {
+        if old != new {
+            // Only towards the joiner: one replica replaced by n3, nothing else.
+            assert!(new.contains("n3") && old.difference(new).count() == 1, "partition {p}: {old:?} -> {new:?}");
+            gained += 1;
+        }
+    }
+    // 8 partitions x 3 replicas over 4 nodes: the joiner's fair share is 6, and nothing else moves.
+    assert_eq!(gained, PARTITIONS * 3 / 4, "{before:?} -> {grown:?}");
+    all_readable(3, &written);
+    for k in 60..90 {
+        let (key, value) = (format!("grow-{k}"), format!("v{k}"));
+        put(k % 4, &key, &value);
+        written.insert(key, value);
+    }
+
+    let (status, body) = http("DELETE", http_addr(1), "/v1/cluster/nodes/n3", None).expect("node answers");
+    assert_eq!(status, 200, "{body}");
+    let shrunk = settled(3, 2);
+    for (p, (old, new)) in grown.iter().zip(&shrunk).enumerate() {
+        assert!(!new.contains("n3"), "partition {p} still on n3: {new:?}");
+        if old != new {
+            // Only away from the leaver: n3 replaced by one other node.
+            assert!(old.contains("n3") && old.difference(new).count() == 1, "partition {p}: {old:?} -> {new:?}");
+        }
+    }
+    all_readable(0, &written);
+    let v = view(0).expect("n0 answers");
+    let n3 = v["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == "n3").cloned()).expect("n3 listed");
+    assert_eq!(n3["state"], "left");
+    // Removing a founder (it runs the metadata group) or an unknown node is refused, and changes nothing.
+    assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n1", None).map(|r| r.0), Some(409));
+    assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n9", None).map(|r| r.0), Some(404));
+    assert_eq!(view(0).expect("n0 answers")["config_epoch"], 2);
+}

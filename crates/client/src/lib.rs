@@ -108,6 +108,20 @@ pub struct NewOrder {
     pub items: Vec<Item>,
 }
 
+/// A node to add to the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNode {
+    pub id: String,
+    /// Its Raft and internal RPC address (TCP; membership over UDP on the same port).
+    pub peer: String,
+    /// Its HTTP API address.
+    pub http: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct LineItem {
     pub sku: String,
@@ -307,6 +321,18 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> Result<Order, Error> {
         let path = format!("/v1/orders/{id}/cancel");
         self.call(Method::POST, &path, Some(&serde_json::json!({})), Idempotent::Yes).await.map(|(_, o)| o)
+    }
+
+    /// Adds a node to the cluster (`POST /v1/cluster/nodes`); the node itself is started with `--join`.
+    pub async fn add_node(&self, node: &NewNode) -> Result<serde_json::Value, Error> {
+        self.call(Method::POST, "/v1/cluster/nodes", Some(node), Idempotent::Yes).await.map(|(_, v)| v)
+    }
+
+    /// Decommissions a node (`DELETE /v1/cluster/nodes/{id}`): its replicas move to the others.
+    pub async fn remove_node(&self, id: &str) -> Result<serde_json::Value, Error> {
+        self.call(Method::DELETE, &format!("/v1/cluster/nodes/{id}"), None::<&()>, Idempotent::Yes)
+            .await
+            .map(|(_, v)| v)
     }
 
     /// The cluster view of `GET /v1/cluster`, as JSON.

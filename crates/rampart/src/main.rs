@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod cluster_cmd;
 mod demo_cmd;
 mod detect_cmd;
 mod local;
@@ -30,6 +31,13 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     /// Starts a local cluster in the foreground and prints its URLs; Ctrl-C stops it.
     Up(up_cmd::UpArgs),
+    /// Cluster status: nodes and health, partitions and leaders, ring epoch.
+    Status(cluster_cmd::StatusArgs),
+    /// Cluster membership: status, add a node, decommission a node.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster_cmd::ClusterCommand,
+    },
     /// Placement tools: balance and movement of the ring's algorithms.
     Ring {
         #[command(subcommand)]
@@ -51,6 +59,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo_cmd::run(args),
         Command::Up(args) => up_cmd::run(args),
+        Command::Status(args) => cluster_cmd::run(cluster_cmd::ClusterCommand::Status(args)),
+        Command::Cluster { command } => cluster_cmd::run(command),
         Command::Ring { command } => ring_cmd::run(command),
         Command::Detect { command } => detect_cmd::run(command),
         Command::Serve(args) => serve_cmd::run(args),

@@ -27,7 +27,7 @@ for t in $(seq "$trials"); do
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["partition"])')
   leader=$(curl -s 127.0.0.1:7101/v1/cluster | python3 -c "import json,sys; print(json.load(sys.stdin)['partitions'][$part]['leader'][1:])")
   via=$(( leader % 3 + 1 ))
-  "$bin" bench --addr "127.0.0.1:710$via" --clients 1 --keys 1 --prefix "failover-$t" --duration-s 4 --json >"$dir/t$t.json" 2>/dev/null &
+  "$bin" bench --addr "127.0.0.1:710$via" --route any --clients 1 --keys 1 --prefix "failover-$t" --duration-s 4 --json >"$dir/t$t.json" 2>/dev/null &
   bench=$!
   sleep 1.5
   kill -9 "${pid[$leader]}"

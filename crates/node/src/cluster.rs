@@ -288,6 +288,47 @@ impl Node {
         }
     }
 
+    /// On the metadata group's leader: decommissions a member that membership has declared dead for longer than
+    /// `--replace-after-ms`, so its replicas are rebuilt on the others. Founders (they run the metadata group)
+    /// are left alone.
+    async fn replace_dead(&self, cluster: &Cluster) {
+        let leads_meta =
+            self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
+        let mut dead_since = self.dead_since.lock().await;
+        if !leads_meta {
+            dead_since.clear();
+            return;
+        }
+        let seen = self.membership.members();
+        let founders = cluster.config.meta_members();
+        let now = std::time::Instant::now();
+        let mut due = Vec::new();
+        for m in cluster.config.members().iter().filter(|m| !founders.contains(&m.id) && m.id != self.config.id) {
+            let dead = seen.iter().any(|(info, _)| info.id == m.id && info.state == rampart_membership::State::Dead);
+            if !dead {
+                dead_since.remove(&m.id);
+                continue;
+            }
+            let since = *dead_since.entry(m.id.clone()).or_insert(now);
+            if now.duration_since(since) >= self.config.replace_after {
+                due.push(m.id.clone());
+            }
+        }
+        drop(dead_since);
+        for id in due {
+            tracing::warn!(
+                "{id} has been dead for {:?}: decommissioning it, its replicas move",
+                self.config.replace_after
+            );
+            match self.admin_local(AdminOp::Remove { id: id.clone() }).await {
+                Ok(_) => {
+                    self.dead_since.lock().await.remove(&id);
+                }
+                Err(e) => tracing::warn!("replacing {id}: {e}"),
+            }
+        }
+    }
+
     /// One round of reconciliation (see the module doc).
     pub(crate) async fn reconcile(&self) {
         match self.latest_config().await {
@@ -295,6 +336,7 @@ impl Node {
             Ok(None) => {}
             Err(e) => tracing::debug!("cluster configuration: {e}"),
         }
+        self.replace_dead(&self.cluster()).await;
         let cluster = self.cluster();
         let mine = cluster.groups_of(self.me);
         for group in &mine {

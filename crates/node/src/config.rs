@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub election_timeout_ms: Option<u64>,
     pub payment_deadline_ms: Option<u64>,
     pub idempotency_retention_ms: Option<u64>,
+    pub replace_after_ms: Option<u64>,
 }
 
 impl RawConfig {
@@ -48,6 +49,7 @@ impl RawConfig {
             election_timeout_ms: self.election_timeout_ms.or(lower.election_timeout_ms),
             payment_deadline_ms: self.payment_deadline_ms.or(lower.payment_deadline_ms),
             idempotency_retention_ms: self.idempotency_retention_ms.or(lower.idempotency_retention_ms),
+            replace_after_ms: self.replace_after_ms.or(lower.replace_after_ms),
         }
     }
 
@@ -87,6 +89,8 @@ pub struct NodeConfig {
     pub payment_deadline: Duration,
     /// How long an idempotency key is remembered; a retry after that places a new order.
     pub idempotency_retention: Duration,
+    /// A (non-founding) member declared dead for this long is decommissioned: its replicas are rebuilt elsewhere.
+    pub replace_after: Duration,
 }
 
 /// A setting is missing or out of range. Nothing was started.
@@ -188,6 +192,10 @@ impl NodeConfig {
                 "use at least the payment deadline and at most 31536000000 (a year)",
             ));
         }
+        let replace_after = Duration::from_millis(raw.replace_after_ms.unwrap_or(60_000));
+        if replace_after < Duration::from_secs(1) || replace_after > Duration::from_secs(86_400) {
+            return Err(invalid("replace_after_ms", "use 1000 to 86400000"));
+        }
         Ok(NodeConfig {
             id,
             http,
@@ -202,6 +210,7 @@ impl NodeConfig {
             election_timeout,
             payment_deadline,
             idempotency_retention,
+            replace_after,
         })
     }
 }

@@ -97,6 +97,8 @@ pub struct Node {
     raft_config: Arc<openraft::Config>,
     /// Configuration changes are made one at a time.
     pub(crate) admin_lock: tokio::sync::Mutex<()>,
+    /// On the metadata leader: members membership declared dead, and since when.
+    pub(crate) dead_since: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
     pub proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -207,6 +209,7 @@ impl Node {
             groups: std::sync::RwLock::new(BTreeMap::new()),
             raft_config,
             admin_lock: tokio::sync::Mutex::new(()),
+            dead_since: tokio::sync::Mutex::new(BTreeMap::new()),
             proposed: Arc::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });

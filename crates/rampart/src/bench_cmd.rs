@@ -103,13 +103,22 @@ impl Leaders {
         Some(Leaders { partitions: partitions.len() as u32, http: leaders })
     }
 
+    fn partition(&self, key: &str) -> Option<usize> {
+        (self.partitions > 0)
+            .then(|| rampart_ring::hash::reduce(rampart_ring::hash::key_hash(key.as_bytes()), self.partitions) as usize)
+    }
+
     /// The leader's address for `key`, if known.
     fn target(&self, key: &str) -> Option<&str> {
-        if self.partitions == 0 {
-            return None;
+        self.http.get(self.partition(key)?)?.as_deref()
+    }
+
+    /// Forgets `key`'s leader after a failed request: until the next view, its requests go to the client's own
+    /// node, which forwards them to whichever node leads now.
+    fn forget(&mut self, key: &str) {
+        if let Some(slot) = self.partition(key).and_then(|p| self.http.get_mut(p)) {
+            *slot = None;
         }
-        let p = rampart_ring::hash::reduce(rampart_ring::hash::key_hash(key.as_bytes()), self.partitions);
-        self.http.get(p as usize)?.as_deref()
     }
 }
 
@@ -223,16 +232,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     let target = |key: &str| {
                         leaders.read().ok().and_then(|l| l.target(key).map(str::to_owned)).unwrap_or(home.clone())
                     };
+                    let routed_by;
                     let request = if workload == Workload::Kv {
                         let key = format!("{prefix}-{}", seq % keys);
                         seq += 7919 * (c as u64 + 1);
                         let addr = target(&key);
+                        routed_by = key.clone();
                         Request::put(format!("http://{addr}/v1/kv/{key}"))
                             .header(header::CONTENT_TYPE, "application/json")
                             .body(Full::new(body.clone()))
                     } else {
                         let sku = &skus[(n.wrapping_mul(7919).wrapping_add(c as u64) % skus.len() as u64) as usize];
                         let addr = target(sku);
+                        routed_by = sku.clone();
                         let order = format!(
                             r#"{{"idempotency_key":"k{n}","user_id":"{run}-c{c}-{n}","items":[{{"sku":"{sku}","qty":1}}]}}"#
                         );
@@ -264,6 +276,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         }
                     } else {
                         shared.errors.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut l) = leaders.write() {
+                            l.forget(&routed_by);
+                        }
                         // Back off a little so a leaderless partition is not hammered.
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }

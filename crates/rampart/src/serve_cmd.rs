@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// How long an idempotency key is remembered, in ms (default 86400000: a day).
     #[arg(long, env = "RAMPART_IDEMPOTENCY_RETENTION_MS")]
     idempotency_retention_ms: Option<u64>,
+    /// A member (other than a founder) declared dead for this many ms is decommissioned and its replicas
+    /// rebuilt on the others (default 60000).
+    #[arg(long, env = "RAMPART_REPLACE_AFTER_MS")]
+    replace_after_ms: Option<u64>,
     /// A TOML settings file.
     #[arg(long, env = "RAMPART_CONFIG")]
     config: Option<PathBuf>,
@@ -78,6 +82,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         election_timeout_ms: args.election_timeout_ms,
         payment_deadline_ms: args.payment_deadline_ms,
         idempotency_retention_ms: args.idempotency_retention_ms,
+        replace_after_ms: args.replace_after_ms,
     };
     let config = NodeConfig::from_raw(flags.or(file))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

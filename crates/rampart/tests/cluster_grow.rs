@@ -1,6 +1,7 @@
-//! Real processes: a 3-node cluster gains a 4th node (`--join`) and loses it again (`DELETE
-//! /v1/cluster/nodes/n3`). Only the replicas the ring names move (to the joiner, then away from it), the
-//! voters of every partition end up as the placement says, and every acknowledged write stays readable.
+//! Real processes: a 3-node cluster gains a 4th node (`--join`), loses it again (`DELETE /v1/cluster/nodes/n3`),
+//! gains it back (`POST /v1/cluster/nodes`), then the 4th node is killed and, once declared dead for the
+//! replacement delay, its replicas are rebuilt on the others. Only the replicas the ring names move, the voters
+//! of every partition end up as the placement says, and every acknowledged write stays readable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ impl Nodes {
             .args(["serve", "--id", &format!("n{i}"), "--http", &http_addr(i).to_string(), "--peer", &peer(i)])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{i}")))
-            .args(["--partitions", &PARTITIONS.to_string()])
+            .args(["--partitions", &PARTITIONS.to_string(), "--replace-after-ms", "2000"])
             .args(bootstrap)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -115,7 +116,7 @@ fn all_readable(via: usize, written: &BTreeMap<String, String>) {
 }
 
 #[test]
-fn a_fourth_node_joins_and_leaves_moving_only_what_the_ring_names() {
+fn a_fourth_node_joins_leaves_and_is_rebuilt_elsewhere_when_dead() {
     let mut nodes = Nodes { dir: tempfile::tempdir().expect("temp dir"), children: Vec::new() };
     let initial: Vec<String> = (0..3).map(|i| format!("n{i}={}", peer(i))).collect();
     let initial = initial.join(",");
@@ -167,4 +168,23 @@ fn a_fourth_node_joins_and_leaves_moving_only_what_the_ring_names() {
     assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n1", None).map(|r| r.0), Some(409));
     assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n9", None).map(|r| r.0), Some(404));
     assert_eq!(view(0).expect("n0 answers")["config_epoch"], 2);
+
+    // n3 is added back through the API, then killed: once membership has declared it dead for the replacement
+    // delay (2 s here), the metadata leader decommissions it and its replicas are rebuilt on the survivors.
+    let add = format!(r#"{{"id":"n3","peer":"{}","http":"{}"}}"#, peer(3), http_addr(3));
+    let (status, body) = http("POST", http_addr(2), "/v1/cluster/nodes", Some(&add)).expect("node answers");
+    assert_eq!(status, 200, "{body}");
+    let regrown = settled(4, 3);
+    assert!(regrown.iter().any(|r| r.contains("n3")), "{regrown:?}");
+    let mut n3 = nodes.children.pop().expect("n3 runs");
+    n3.kill().expect("SIGKILL");
+    n3.wait().expect("reaped");
+    let healed = settled(3, 4);
+    for (p, (old, new)) in regrown.iter().zip(&healed).enumerate() {
+        assert!(!new.contains("n3") && new.len() == 3, "partition {p} not rebuilt: {new:?}");
+        if old != new {
+            assert!(old.contains("n3") && old.difference(new).count() == 1, "partition {p}: {old:?} -> {new:?}");
+        }
+    }
+    all_readable(1, &written);
 }

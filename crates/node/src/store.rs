@@ -165,6 +165,7 @@ impl Store {
         self.enqueue(write, Sync::Lazy).await
     }
 
+
     async fn enqueue(&self, write: Write, sync: Sync) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
@@ -407,15 +408,14 @@ impl LogStore {
         }
     }
 
-    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {
+    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T, sync: Sync) -> io::Result<()> {
         let bytes = encode(value)?;
         let group = self.group;
-        self.store
-            .write(Box::new(move |txn| {
-                txn.open_table(META).map_err(other)?.insert((group, key), bytes.as_slice()).map_err(other)?;
-                Ok(())
-            }))
-            .await
+        let write: Write = Box::new(move |txn| {
+            txn.open_table(META).map_err(other)?.insert((group, key), bytes.as_slice()).map_err(other)?;
+            Ok(())
+        });
+        self.store.enqueue(write, sync).await
     }
 
     /// Deletes the entries of this group with index in `lo..=hi`.
@@ -452,11 +452,14 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
-        self.put_meta("vote", vote).await
+        self.put_meta("vote", vote, Sync::Durable).await
     }
 
+    /// Without an fsync of its own: a `committed` lost in a crash only means a restarted replica re-applies up
+    /// to an older index and catches up from its leader; every read is served by a leader after a ReadIndex
+    /// round, which covers every entry committed before it.
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        self.put_meta("committed", &committed).await
+        self.put_meta("committed", &committed, Sync::Lazy).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {

@@ -76,6 +76,8 @@ pub enum AdminError {
     TooFew(String),
     #[error("a founding node (it runs the metadata group) cannot be removed yet: {0}")]
     Founder(String),
+    #[error("{0} is a member at another peer address; decommission it first")]
+    IdInUse(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -129,6 +131,11 @@ impl ClusterConfig {
             AdminOp::Join { member, addr } => {
                 if self.members().contains(member) && self.addrs.get(&member.id) == Some(addr) {
                     return Ok(None);
+                }
+                // A member's Raft identity must not move to another address: the new process has none of its votes.
+                let known = self.addrs.get(&member.id).map(|a| a.peer.as_str());
+                if self.members().iter().any(|m| m.id == member.id) && known != Some(addr.peer.as_str()) {
+                    return Err(AdminError::IdInUse(member.id.clone()));
                 }
                 next.addrs.insert(member.id.clone(), addr.clone());
                 match members.iter_mut().find(|m| m.id == member.id) {
@@ -221,6 +228,15 @@ impl Node {
         Err(last)
     }
 
+    /// Answers `/internal/admin-local`: the change if this node leads the metadata group, else `Unavailable`.
+    pub(crate) async fn admin_if_leader(&self, op: AdminOp) -> Result<ClusterConfig, AdminError> {
+        let leads = self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
+        if !leads {
+            return Err(AdminError::Request(RequestError::Unavailable(META_GROUP)));
+        }
+        self.admin_local(op).await
+    }
+
     /// On the metadata group's leader: one change at a time, on top of the latest committed configuration.
     pub(crate) async fn admin_local(&self, op: AdminOp) -> Result<ClusterConfig, AdminError> {
         let _one_at_a_time = self.admin_lock.lock().await;
@@ -231,7 +247,8 @@ impl Node {
         let json = serde_json::to_string(&next).map_err(|e| AdminError::Invalid(e.to_string()))?;
         self.propose(META_GROUP, Op::SetConfig { epoch: next.epoch, json }).await?;
         match self.stored_config()? {
-            Some(c) if c.epoch == next.epoch => {
+            // This change itself, not another one that took the same epoch first.
+            Some(c) if c == next => {
                 self.install(c.clone());
                 Ok(c)
             }
@@ -353,7 +370,8 @@ impl Node {
             let (leads, voters, learners) = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
-                let membership = m.membership_config.membership();
+                // The committed membership: a change merely appended may still be undone.
+                let membership = m.committed_membership_config.membership();
                 let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
                 let learners: BTreeSet<RaftId> = membership.learner_ids().collect();
                 (m.state == ServerState::Leader, voters, learners)
@@ -361,6 +379,19 @@ impl Node {
             let target: BTreeSet<RaftId> = cluster.replicas(group).into_iter().collect();
             if leads && voters != target && !target.is_empty() {
                 self.move_replicas(group, &raft, &voters, &target).await;
+            } else if leads && learners.iter().any(|l| !target.contains(l)) {
+                // A learner left behind by a move that did not finish (it timed out, or its node was removed).
+                let stray: BTreeSet<RaftId> = learners.difference(&target).copied().collect();
+                if let Err(e) = raft.change_membership(openraft::ChangeMembers::RemoveNodes(stray.clone()), false).await
+                {
+                    tracing::info!("partition {group}: removing learners {stray:?}: {e}");
+                }
+                for gone in stray {
+                    let _ = self
+                        .peers
+                        .call::<_, bool>(gone, &format!("/internal/drop/{group}"), &(), Duration::from_secs(2))
+                        .await;
+                }
             } else if !mine.contains(&group) && !voters.contains(&self.me) && !learners.contains(&self.me) {
                 // The group's own membership no longer holds this node (it saw the change that removed it).
                 self.unhost(group).await;
@@ -435,7 +466,11 @@ impl Node {
         if m.state != ServerState::Leader {
             return None;
         }
-        let membership = m.membership_config.membership();
+        // Only a committed membership decides that a replica may delete its copy.
+        if m.membership_config.log_id() != m.committed_membership_config.log_id() {
+            return None;
+        }
+        let membership = m.committed_membership_config.membership();
         Some(membership.voter_ids().chain(membership.learner_ids()).collect())
     }
 

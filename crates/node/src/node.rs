@@ -141,10 +141,12 @@ impl Node {
             PeerNode { id: config.id.clone(), peer: config.peer.to_string(), http: config.http.to_string() };
         let (cluster_config, seeds) = match &config.bootstrap {
             Bootstrap::Initial(members) => {
-                // Every founder derives the same first configuration from the same list.
+                // Every founder must derive the same first configuration from the same list, so founders are placed
+                // with the default zone and weight whatever their own flags say (a node that joins later brings
+                // its own): founders computing different placements would each initialize groups of their own.
                 let founders: Vec<Member> = members
                     .keys()
-                    .map(|id| Member { id: id.clone(), zone: config.zone.clone(), weight: config.weight })
+                    .map(|id| Member { id: id.clone(), zone: "default".into(), weight: rampart_ring::DEFAULT_WEIGHT })
                     .collect();
                 let addrs: BTreeMap<String, PeerNode> = members
                     .iter()
@@ -221,7 +223,10 @@ impl Node {
                 node.install(c);
             }
         }
-        for group in node.cluster().groups_of(me) {
+        // The placement's groups, and every group with state on disk: a voter restarted in the middle of a move
+        // keeps serving until its group's leader confirms it was removed (reconcile drops it then).
+        let stored = node.store.stored_groups()?;
+        for group in node.cluster().groups_of(me).into_iter().chain(stored) {
             if node.group(group).is_none() {
                 node.host(group).await?;
             }
@@ -663,6 +668,7 @@ fn peer_router(node: Arc<Node>) -> Router {
         .route("/raft/{group}/{op}", post(raft_rpc))
         .route("/internal/{group}", post(forwarded))
         .route("/internal/admin", post(admin_rpc))
+        .route("/internal/admin-local", post(admin_local_rpc))
         .route("/internal/members/{group}", post(members_rpc))
         .route("/internal/drop/{group}", post(drop_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -713,6 +719,13 @@ async fn forwarded(State(node): State<Arc<Node>>, Path(group): Path<GroupId>, bo
 async fn admin_rpc(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match postcard::from_bytes::<AdminOp>(&body) {
         Ok(op) => postcard_response(&node.admin(op).await),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn admin_local_rpc(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match postcard::from_bytes::<AdminOp>(&body) {
+        Ok(op) => postcard_response(&node.admin_if_leader(op).await),
         Err(e) => bad_request(e),
     }
 }

@@ -165,7 +165,6 @@ impl Store {
         self.enqueue(write, Sync::Lazy).await
     }
 
-
     async fn enqueue(&self, write: Write, sync: Sync) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
@@ -233,6 +232,21 @@ impl Store {
             Ok(())
         }))
         .await
+    }
+
+    /// The groups with any stored state (a vote, log, or state machine).
+    pub fn stored_groups(&self) -> io::Result<std::collections::BTreeSet<GroupId>> {
+        let txn = self.db.begin_read().map_err(other)?;
+        let meta = txn.open_table(META).map_err(other)?;
+        let mut groups = std::collections::BTreeSet::new();
+        for item in meta.iter().map_err(other)? {
+            let (k, _) = item.map_err(other)?;
+            let group = k.value().0;
+            if group != SHAPE_GROUP {
+                groups.insert(group);
+            }
+        }
+        Ok(groups)
     }
 
     /// Deletes every row of a group this node no longer replicates (its log, vote, state and snapshot).

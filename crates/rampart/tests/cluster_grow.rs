@@ -167,6 +167,10 @@ fn a_fourth_node_joins_leaves_and_is_rebuilt_elsewhere_when_dead() {
     // Removing a founder (it runs the metadata group) or an unknown node is refused, and changes nothing.
     assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n1", None).map(|r| r.0), Some(409));
     assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n9", None).map(|r| r.0), Some(404));
+    // Regression: a member's id re-announced at another address would hand its Raft identity (and votes) to a
+    // process that has none of them.
+    let impostor = r#"{"id":"n1","peer":"127.0.0.1:1","http":"127.0.0.1:2"}"#;
+    assert_eq!(http("POST", http_addr(0), "/v1/cluster/nodes", Some(impostor)).map(|r| r.0), Some(409));
     assert_eq!(view(0).expect("n0 answers")["config_epoch"], 2);
 
     // n3 is added back through the API, then killed: once membership has declared it dead for the replacement

@@ -591,22 +591,40 @@ impl Shard {
         id: &OrderId,
         result: &Result<Vec<LineItem>, Rejection>,
     ) -> Result<Outcome, Rejection> {
-        let order = self.orders.get_mut(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        let order = self.orders.get(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
         if order.status != OrderStatus::Pending {
             return Ok(Outcome::Order { order: order.clone(), replayed: true });
         }
-        match result {
+        // Price every remote line before changing anything: a leg without its priced line, or a total that does
+        // not fit, aborts the saga (its stock released) instead of leaving it pending.
+        let priced_lines = match result {
             Ok(priced) => {
-                let mut total = order.total_cents;
-                for line in order.items.iter_mut().filter(|l| l.remote.is_some()) {
-                    let Some(p) = priced.iter().find(|p| p.sku == line.sku && p.qty == line.qty) else {
-                        return Err(Rejection::Invalid(format!("saga {id}: no priced line for {}", line.sku)));
+                let mut prices = Vec::new();
+                let mut total = Some(order.total_cents);
+                for (i, line) in order.items.iter().enumerate().filter(|(_, l)| l.remote.is_some()) {
+                    let price = priced.iter().find(|p| p.sku == line.sku && p.qty == line.qty).map(|p| p.price_cents);
+                    total = match price {
+                        Some(price) => {
+                            prices.push((i, price));
+                            price.checked_mul(u64::from(line.qty)).and_then(|l| total?.checked_add(l))
+                        }
+                        None => None,
                     };
-                    line.price_cents = p.price_cents;
-                    let Some(t) = p.price_cents.checked_mul(u64::from(p.qty)).and_then(|l| total.checked_add(l)) else {
-                        return Err(Rejection::Invalid("the order's total overflows".into()));
-                    };
-                    total = t;
+                    if total.is_none() {
+                        break;
+                    }
+                }
+                total
+                    .map(|t| (prices, t))
+                    .ok_or_else(|| Rejection::Invalid(format!("saga {id}: legs not priced, or the total overflows")))
+            }
+            Err(rejection) => Err(rejection.clone()),
+        };
+        let order = self.orders.get_mut(id).expect("looked up above");
+        match priced_lines {
+            Ok((prices, total)) => {
+                for (i, price) in prices {
+                    order.items[i].price_cents = price;
                 }
                 order.total_cents = total;
                 order.status = OrderStatus::Confirmed;
@@ -615,7 +633,7 @@ impl Shard {
             }
             Err(rejection) => {
                 order.status = OrderStatus::Aborted;
-                order.rejection = Some(rejection.clone());
+                order.rejection = Some(rejection);
                 order.closed_ms = Some(now);
                 order.legs_synced = false;
                 let (user, lines) = (order.user_id.clone(), order.items.clone());

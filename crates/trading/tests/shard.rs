@@ -367,3 +367,26 @@ proptest! {
         }
     }
 }
+
+/// Regression: a saga whose legs' prices overflow the total stayed pending forever, holding its stock.
+#[test]
+fn a_saga_whose_total_overflows_is_aborted_and_releases_its_stock() {
+    let mut home = Shard::new(0);
+    home.apply(&at(0, create("a", 5, None)));
+    let items: Vec<Item> = std::iter::once(Item { sku: sku("a"), qty: 1 })
+        .chain((0..20).map(|i| Item { sku: sku(&format!("r{i}")), qty: 1_000_000 }))
+        .collect();
+    let remote = (0..20).map(|i| (sku(&format!("r{i}")), 1)).collect();
+    let place =
+        Command::PlaceOrder { user_id: user("u"), idempotency_key: "k".into(), items, pay_deadline_ms: MIN, remote };
+    let Outcome::Order { order, .. } = home.apply(&at(1, place)) else { panic!("placed") };
+    assert_eq!(stock(&home, "a"), (4, 1, 0));
+    let priced: Vec<LineItem> = (0..20)
+        .map(|i| LineItem { sku: sku(&format!("r{i}")), qty: 1_000_000, price_cents: 1_000_000_000_000, remote: None })
+        .collect();
+    home.apply(&at(2, Command::ResolveSaga { order_id: order.id.clone(), result: Ok(priced) }));
+    let after = home.order(&order.id).expect("order");
+    assert_eq!(after.status, OrderStatus::Aborted);
+    assert!(after.needs_driving(), "its legs must still be released");
+    assert_eq!(stock(&home, "a"), (5, 0, 0));
+}

@@ -241,7 +241,11 @@ impl Node {
     pub(crate) async fn admin_local(&self, op: AdminOp) -> Result<ClusterConfig, AdminError> {
         let _one_at_a_time = self.admin_lock.lock().await;
         let meta = self.group(META_GROUP).ok_or(RequestError::Unavailable(META_GROUP))?;
-        meta.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|_| RequestError::Unavailable(META_GROUP))?;
+        let confirmed =
+            tokio::time::timeout(crate::node::READ_TIMEOUT, meta.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+        if !matches!(confirmed, Ok(Ok(_))) {
+            return Err(AdminError::Request(RequestError::Unavailable(META_GROUP)));
+        }
         let current = self.stored_config()?.unwrap_or_else(|| self.cluster().config.clone());
         let Some(next) = current.apply(&op)? else { return Ok(current) };
         let json = serde_json::to_string(&next).map_err(|e| AdminError::Invalid(e.to_string()))?;

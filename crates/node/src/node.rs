@@ -36,6 +36,8 @@ pub type GroupRaft = Raft<C, StateMachine>;
 
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leader may take to confirm its leadership for a linearizable read.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a leader waits for a write to commit before answering that its outcome is unknown.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Operations waiting for a partition's next entry; beyond this a write is refused as `unavailable`.
@@ -473,7 +475,12 @@ impl Node {
                 rx.await.map_err(|_| RequestError::Indeterminate(group))?.map(Answer::Written)
             }
             Request::Read(read) => {
-                raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|_| RequestError::Unavailable(group))?;
+                // A leader that cannot confirm its leadership in time (no quorum) answers `unavailable`.
+                let confirmed =
+                    tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+                if !matches!(confirmed, Ok(Ok(_))) {
+                    return Err(RequestError::Unavailable(group));
+                }
                 let shard = || self.store.shard(group).ok_or(RequestError::Unavailable(group));
                 let poisoned = |_| RequestError::Internal(format!("partition {group}: state lock poisoned"));
                 Ok(Answer::Read(match read {

@@ -85,6 +85,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         replace_after_ms: args.replace_after_ms,
     };
     let config = NodeConfig::from_raw(flags.or(file))?;
+    // Logs to stderr: RAMPART_LOG=error|warn|info|debug|trace (info by default).
+    let level = match std::env::var("RAMPART_LOG").as_deref() {
+        Ok("error") => tracing::Level::ERROR,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        Ok("info") | Err(_) => tracing::Level::INFO,
+        Ok(other) => anyhow::bail!("RAMPART_LOG: use error, warn, info, debug or trace, not {other:?}"),
+    };
+    // openraft narrates every group's every step at info: its warnings and errors are what an operator needs.
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_target("openraft", level.min(tracing::Level::WARN))
+        .with_default(level);
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).finish();
+    tracing::subscriber::set_global_default(subscriber.with(targets))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let shutdown = async {

@@ -10,19 +10,16 @@ clients=("$@"); [ ${#clients[@]} -gt 0 ] || clients=(1 8 64)
 peers=$(cd ../shared/peers && pwd)
 cargo build --release --quiet
 bin=$PWD/target/release/rampart
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 dir=$(mktemp -d)
-ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
 trap cleanup EXIT
 
 "$peers/postgres-flash-sale.sh" hot "$secs" "${clients[@]}"
 
-for i in 1 2 3; do
-  "$bin" serve --id "n$i" --http "127.0.0.1:710$i" --peer "127.0.0.1:720$i" --data-dir "$dir/n$i" --initial-cluster "$ic" >>"$dir/n$i.log" 2>&1 &
-  pids+=($!)
-done
-for _ in $(seq 200); do ok=1; for i in 1 2 3; do curl -sf "127.0.0.1:710$i/readyz" >/dev/null || ok=0; done; [ $ok = 1 ] && break; sleep 0.1; done
+start_rampart
 for c in "${clients[@]}"; do
   "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --workload flash-sale --clients "$c" --duration-s "$secs" 2>/dev/null
 done

@@ -12,8 +12,9 @@ command -v protoc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninter
 cargo build --release --quiet --manifest-path "$peers/loadgen/Cargo.toml" --target-dir /tmp/peer-loadgen
 cargo build --release --quiet
 bin=$PWD/target/release/rampart
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 etcd_dir=$(mktemp -d); dir=$(mktemp -d)
-ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
 pids=()
 cleanup() { "$peers/etcd-cluster.sh" stop "$etcd_dir" >/dev/null 2>&1 || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir" "$etcd_dir"; }
 trap cleanup EXIT
@@ -25,11 +26,7 @@ for c in "${clients[@]}"; do
 done
 "$peers/etcd-cluster.sh" stop "$etcd_dir"
 
-for i in 1 2 3; do
-  "$bin" serve --id "n$i" --http "127.0.0.1:710$i" --peer "127.0.0.1:720$i" --data-dir "$dir/n$i" --initial-cluster "$ic" >>"$dir/n$i.log" 2>&1 &
-  pids+=($!)
-done
-for _ in $(seq 200); do ok=1; for i in 1 2 3; do curl -sf "127.0.0.1:710$i/readyz" >/dev/null || ok=0; done; [ $ok = 1 ] && break; sleep 0.1; done
+start_rampart
 for c in "${clients[@]}"; do
   "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --clients "$c" --duration-s "$secs" --keys 100000 --value-bytes 256 2>/dev/null
 done

@@ -327,27 +327,19 @@ impl Shard {
                 lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: 0, remote: Some(p) });
                 continue;
             }
-            let Some(p) = self.products.get(&item.sku) else {
-                refusal = Some(Rejection::UnknownSku(item.sku.clone()));
-                break;
-            };
-            let qty = u64::from(item.qty);
-            if p.available < qty {
-                refusal = Some(Rejection::OutOfStock { sku: item.sku.clone(), available: p.available });
-                break;
-            }
-            if let Some(max) = p.max_per_user {
-                let held = self.held.get(&(item.sku.clone(), user_id.clone())).copied().unwrap_or(0);
-                if held + qty > u64::from(max) {
-                    refusal = Some(Rejection::LimitExceeded { sku: item.sku.clone(), max_per_user: max });
+            let line = match self.check_line(user_id, item) {
+                Ok(line) => line,
+                Err(r) => {
+                    refusal = Some(r);
                     break;
                 }
-            }
-            let Some(t) = p.price_cents.checked_mul(qty).and_then(|line| total_cents.checked_add(line)) else {
+            };
+            let Some(t) = line.price_cents.checked_mul(u64::from(line.qty)).and_then(|l| total_cents.checked_add(l))
+            else {
                 return Err(Rejection::Invalid("the order's total overflows".into()));
             };
             total_cents = t;
-            lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents, remote: None });
+            lines.push(line);
         }
         let answer = match refusal {
             Some(rejection) => Err(rejection),
@@ -356,19 +348,8 @@ impl Shard {
                 self.next_seq += 1;
                 self.dirty.insert(RowKey::Meta);
                 let saga = lines.iter().any(|l| l.remote.is_some());
-                for line in lines.iter().filter(|l| l.remote.is_none()) {
-                    let qty = u64::from(line.qty);
-                    let p = self.products.get_mut(&line.sku).expect("checked above");
-                    p.available -= qty;
-                    p.reserved += qty;
-                    assert_stock(p);
-                    let held = self.held.entry((line.sku.clone(), user_id.clone())).or_default();
-                    *held += qty;
-                    if let Some(max) = p.max_per_user {
-                        assert!(*held <= u64::from(max), "{}: user {user_id} holds {held} > {max}", line.sku);
-                    }
-                    self.dirty.insert(RowKey::Product(line.sku.clone()));
-                }
+                let local: Vec<LineItem> = lines.iter().filter(|l| l.remote.is_none()).cloned().collect();
+                self.reserve_lines(user_id, &local);
                 let order = Order {
                     id: id.clone(),
                     user_id: user_id.clone(),
@@ -443,25 +424,77 @@ impl Shard {
         if order.items.iter().any(|l| l.remote.is_some()) {
             order.legs_synced = false;
         }
-        for line in order.items.iter().filter(|l| l.remote.is_none()) {
-            let qty = u64::from(line.qty);
-            let p = self.products.get_mut(&line.sku).expect("an order's products exist");
-            p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every confirmed order");
-            if to == OrderStatus::Paid {
-                p.sold += qty;
-            } else {
-                p.available += qty;
-                let key = (line.sku.clone(), order.user_id.clone());
-                let held = self.held.get_mut(&key).expect("a confirmed order's units are held");
-                *held = held.checked_sub(qty).expect("held units cover every confirmed order");
-                if *held == 0 {
-                    self.held.remove(&key);
-                }
+        let user = order.user_id.clone();
+        let local: Vec<LineItem> = order.items.iter().filter(|l| l.remote.is_none()).cloned().collect();
+        if to == OrderStatus::Paid {
+            self.sell_lines(&local);
+        } else {
+            self.release_lines(&user, &local);
+        }
+        self.dirty.insert(RowKey::Order(id.clone()));
+    }
+
+    /// The line `item` would be, priced, if `user` may reserve it now; else why not.
+    fn check_line(&self, user: &UserId, item: &Item) -> Result<LineItem, Rejection> {
+        let p = self.products.get(&item.sku).ok_or_else(|| Rejection::UnknownSku(item.sku.clone()))?;
+        let qty = u64::from(item.qty);
+        if p.available < qty {
+            return Err(Rejection::OutOfStock { sku: item.sku.clone(), available: p.available });
+        }
+        if let Some(max) = p.max_per_user {
+            let held = self.held.get(&(item.sku.clone(), user.clone())).copied().unwrap_or(0);
+            if held + qty > u64::from(max) {
+                return Err(Rejection::LimitExceeded { sku: item.sku.clone(), max_per_user: max });
             }
+        }
+        Ok(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents, remote: None })
+    }
+
+    /// Available → reserved for lines [`Shard::check_line`] accepted, counted against `user`'s limits.
+    fn reserve_lines(&mut self, user: &UserId, lines: &[LineItem]) {
+        for line in lines {
+            let qty = u64::from(line.qty);
+            let p = self.products.get_mut(&line.sku).expect("checked before");
+            p.available = p.available.checked_sub(qty).expect("checked before");
+            p.reserved += qty;
+            assert_stock(p);
+            let held = self.held.entry((line.sku.clone(), user.clone())).or_default();
+            *held += qty;
+            if let Some(max) = p.max_per_user {
+                assert!(*held <= u64::from(max), "{}: user {user} holds {held} > {max}", line.sku);
+            }
+            self.dirty.insert(RowKey::Product(line.sku.clone()));
+        }
+    }
+
+    /// Reserved → available, no longer counted against `user`'s limits.
+    fn release_lines(&mut self, user: &UserId, lines: &[LineItem]) {
+        for line in lines {
+            let qty = u64::from(line.qty);
+            let p = self.products.get_mut(&line.sku).expect("held lines' products exist");
+            p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every held line");
+            p.available += qty;
+            assert_stock(p);
+            let key = (line.sku.clone(), user.clone());
+            let held = self.held.get_mut(&key).expect("a reserved line's units are held");
+            *held = held.checked_sub(qty).expect("held units cover every reserved line");
+            if *held == 0 {
+                self.held.remove(&key);
+            }
+            self.dirty.insert(RowKey::Product(line.sku.clone()));
+        }
+    }
+
+    /// Reserved → sold (still counted against the buyer's limits).
+    fn sell_lines(&mut self, lines: &[LineItem]) {
+        for line in lines {
+            let qty = u64::from(line.qty);
+            let p = self.products.get_mut(&line.sku).expect("held lines' products exist");
+            p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every held line");
+            p.sold += qty;
             assert_stock(p);
             self.dirty.insert(RowKey::Product(line.sku.clone()));
         }
-        self.dirty.insert(RowKey::Order(id.clone()));
     }
 
     fn legs_synced(&mut self, id: &OrderId, status: OrderStatus) -> Result<Outcome, Rejection> {
@@ -480,41 +513,13 @@ impl Shard {
             return Ok(Outcome::Hold(h.clone()));
         }
         validate_items(items)?;
-        let mut lines = Vec::with_capacity(items.len());
-        let mut refusal = None;
-        for item in items {
-            let Some(p) = self.products.get(&item.sku) else {
-                refusal = Some(Rejection::UnknownSku(item.sku.clone()));
-                break;
-            };
-            let qty = u64::from(item.qty);
-            if p.available < qty {
-                refusal = Some(Rejection::OutOfStock { sku: item.sku.clone(), available: p.available });
-                break;
+        let checked: Result<Vec<LineItem>, Rejection> = items.iter().map(|i| self.check_line(user_id, i)).collect();
+        let (lines, state) = match checked {
+            Ok(lines) => {
+                self.reserve_lines(user_id, &lines);
+                (lines, HoldState::Reserved)
             }
-            if let Some(max) = p.max_per_user {
-                let held = self.held.get(&(item.sku.clone(), user_id.clone())).copied().unwrap_or(0);
-                if held + qty > u64::from(max) {
-                    refusal = Some(Rejection::LimitExceeded { sku: item.sku.clone(), max_per_user: max });
-                    break;
-                }
-            }
-            lines.push(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents, remote: None });
-        }
-        let state = match refusal {
-            Some(r) => HoldState::Refused(r),
-            None => {
-                for line in &lines {
-                    let qty = u64::from(line.qty);
-                    let p = self.products.get_mut(&line.sku).expect("checked above");
-                    p.available -= qty;
-                    p.reserved += qty;
-                    assert_stock(p);
-                    *self.held.entry((line.sku.clone(), user_id.clone())).or_default() += qty;
-                    self.dirty.insert(RowKey::Product(line.sku.clone()));
-                }
-                HoldState::Reserved
-            }
+            Err(r) => (Vec::new(), HoldState::Refused(r)),
         };
         let hold = Hold { order_id: id.clone(), user_id: user_id.clone(), items: lines, state };
         self.holds.insert(id.clone(), hold.clone());
@@ -538,22 +543,10 @@ impl Shard {
         match hold.state {
             HoldState::Reserved => {
                 hold.state = HoldState::Released;
-                for line in &hold.items {
-                    let qty = u64::from(line.qty);
-                    let p = self.products.get_mut(&line.sku).expect("a hold's products exist");
-                    p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every hold");
-                    p.available += qty;
-                    assert_stock(p);
-                    let key = (line.sku.clone(), hold.user_id.clone());
-                    let held = self.held.get_mut(&key).expect("a hold's units are held");
-                    *held = held.checked_sub(qty).expect("held units cover every hold");
-                    if *held == 0 {
-                        self.held.remove(&key);
-                    }
-                    self.dirty.insert(RowKey::Product(line.sku.clone()));
-                }
+                let (user, lines, answer) = (hold.user_id.clone(), hold.items.clone(), hold.clone());
+                self.release_lines(&user, &lines);
                 self.dirty.insert(RowKey::Hold(id.clone()));
-                Ok(Outcome::Hold(hold.clone()))
+                Ok(Outcome::Hold(answer))
             }
             HoldState::Sold => Err(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Paid }),
             HoldState::Released | HoldState::Refused(_) => Ok(Outcome::Hold(hold.clone())),
@@ -566,16 +559,10 @@ impl Shard {
         match hold.state {
             HoldState::Reserved => {
                 hold.state = HoldState::Sold;
-                for line in &hold.items {
-                    let qty = u64::from(line.qty);
-                    let p = self.products.get_mut(&line.sku).expect("a hold's products exist");
-                    p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every hold");
-                    p.sold += qty;
-                    assert_stock(p);
-                    self.dirty.insert(RowKey::Product(line.sku.clone()));
-                }
+                let (lines, answer) = (hold.items.clone(), hold.clone());
+                self.sell_lines(&lines);
                 self.dirty.insert(RowKey::Hold(id.clone()));
-                Ok(Outcome::Hold(hold.clone()))
+                Ok(Outcome::Hold(answer))
             }
             HoldState::Sold => Ok(Outcome::Hold(hold.clone())),
             HoldState::Released | HoldState::Refused(_) => {
@@ -636,21 +623,9 @@ impl Shard {
                 order.rejection = Some(rejection);
                 order.closed_ms = Some(now);
                 order.legs_synced = false;
-                let (user, lines) = (order.user_id.clone(), order.items.clone());
-                for line in lines.iter().filter(|l| l.remote.is_none()) {
-                    let qty = u64::from(line.qty);
-                    let p = self.products.get_mut(&line.sku).expect("an order's products exist");
-                    p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every pending order");
-                    p.available += qty;
-                    assert_stock(p);
-                    let key = (line.sku.clone(), user.clone());
-                    let held = self.held.get_mut(&key).expect("a pending order's units are held");
-                    *held = held.checked_sub(qty).expect("held units cover every pending order");
-                    if *held == 0 {
-                        self.held.remove(&key);
-                    }
-                    self.dirty.insert(RowKey::Product(line.sku.clone()));
-                }
+                let user = order.user_id.clone();
+                let local: Vec<LineItem> = order.items.iter().filter(|l| l.remote.is_none()).cloned().collect();
+                self.release_lines(&user, &local);
             }
         }
         self.dirty.insert(RowKey::Order(id.clone()));

@@ -227,8 +227,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         ("rampart_store_commits_total", "storage transactions committed", stats.commits.load(Relaxed)),
         ("rampart_store_durable_commits_total", "of which fsync'd", stats.durable_commits.load(Relaxed)),
         ("rampart_store_writes_total", "writes those transactions carried", stats.writes.load(Relaxed)),
-        ("rampart_proposed_entries_total", "Raft entries proposed by this node", node.proposed.0.load(Relaxed)),
-        ("rampart_proposed_ops_total", "client operations those entries carried", node.proposed.1.load(Relaxed)),
+        ("rampart_proposed_entries_total", "Raft entries proposed by this node", node.proposed.entries.load(Relaxed)),
+        ("rampart_proposed_ops_total", "client operations those entries carried", node.proposed.ops.load(Relaxed)),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

@@ -102,7 +102,7 @@ pub struct Node {
     /// On the metadata leader: members membership declared dead, and since when.
     pub(crate) dead_since: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
-    pub proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+    pub proposed: Arc<ProposeStats>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -112,6 +112,13 @@ struct Hosted {
     raft: GroupRaft,
     proposer: mpsc::Sender<Proposal>,
     task: JoinHandle<()>,
+}
+
+/// What this node's proposers sent (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct ProposeStats {
+    pub entries: std::sync::atomic::AtomicU64,
+    pub ops: std::sync::atomic::AtomicU64,
 }
 
 /// One operation waiting to be proposed, and where its outcome goes.
@@ -559,7 +566,7 @@ async fn propose_loop(
     group: GroupId,
     mut rx: mpsc::Receiver<Proposal>,
     pay_within: Duration,
-    proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+    proposed: Arc<ProposeStats>,
 ) {
     let inflight = Arc::new(Semaphore::new(INFLIGHT_MAX));
     while let Some(first) = rx.recv().await {
@@ -571,8 +578,8 @@ async fn propose_loop(
                 Err(_) => break,
             }
         }
-        proposed.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        proposed.1.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        proposed.entries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        proposed.ops.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
             let at_ms = now_ms();

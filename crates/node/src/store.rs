@@ -57,11 +57,11 @@ const SHAPE_GROUP: GroupId = u32::MAX;
 type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
 
 /// A write, whether it must be on disk before its waiter hears back, and the waiter.
-type Job = (Write, Sync, oneshot::Sender<io::Result<()>>);
+type Job = (Write, Flush, oneshot::Sender<io::Result<()>>);
 
 /// Whether a write needs an fsync before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sync {
+enum Flush {
     /// Votes, log entries, snapshots: openraft's durability contract.
     Durable,
     /// State-machine applies: the entries they apply are durable in the log, and a restart re-applies from the
@@ -157,18 +157,18 @@ impl Store {
 
     /// Runs `write` in the next group commit and waits until it is durable.
     async fn write(&self, write: Write) -> io::Result<()> {
-        self.enqueue(write, Sync::Durable).await
+        self.enqueue(write, Flush::Durable).await
     }
 
     /// Runs `write` in the next group commit and waits until it is committed (durable or not).
     async fn write_lazy(&self, write: Write) -> io::Result<()> {
-        self.enqueue(write, Sync::Lazy).await
+        self.enqueue(write, Flush::Lazy).await
     }
 
-    async fn enqueue(&self, write: Write, sync: Sync) -> io::Result<()> {
+    async fn enqueue(&self, write: Write, flush: Flush) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
-        writer.send((write, sync, tx)).map_err(|_| other("the storage writer has stopped"))?;
+        writer.send((write, flush, tx)).map_err(|_| other("the storage writer has stopped"))?;
         rx.await.map_err(|_| other("the storage writer has stopped"))?
     }
 
@@ -256,20 +256,8 @@ impl Store {
         }
         self.write(Box::new(move |txn| {
             delete_entries(txn, group, 0, u64::MAX)?;
-            for table in [META, KV] {
-                let mut t = txn.open_table(table).map_err(other)?;
-                let mut keys: Vec<String> = Vec::new();
-                for item in t.range((group, "")..).map_err(other)? {
-                    let (k, _) = item.map_err(other)?;
-                    if k.value().0 != group {
-                        break;
-                    }
-                    keys.push(k.value().1.to_owned());
-                }
-                for key in keys {
-                    t.remove((group, key.as_str())).map_err(other)?;
-                }
-            }
+            clear_named_rows(txn, META, group)?;
+            clear_named_rows(txn, KV, group)?;
             replace_trade_rows(txn, group, &[])
         }))
         .await
@@ -303,21 +291,21 @@ fn trade_rows(table: &impl ReadableTable<(u32, &'static [u8]), &'static [u8]>, g
     Ok(rows)
 }
 
+/// Deletes every row of `group` from a table keyed by (group, name). Groups are below `SHAPE_GROUP`, so
+/// `group + 1` bounds the range.
+fn clear_named_rows(
+    txn: &WriteTransaction,
+    table: TableDefinition<(u32, &str), &[u8]>,
+    group: GroupId,
+) -> io::Result<()> {
+    let mut t = txn.open_table(table).map_err(other)?;
+    t.retain_in((group, "")..(group + 1, ""), |_, _| false).map_err(other)
+}
+
 /// Replaces every trading row of `group` with `rows`.
 fn replace_trade_rows(txn: &WriteTransaction, group: GroupId, rows: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
     let mut table = txn.open_table(TRADE).map_err(other)?;
-    let mut old: Vec<Vec<u8>> = Vec::new();
-    for item in table.range((group, &[][..])..).map_err(other)? {
-        let (k, _) = item.map_err(other)?;
-        let (g, key) = k.value();
-        if g != group {
-            break;
-        }
-        old.push(key.to_vec());
-    }
-    for key in old {
-        table.remove((group, key.as_slice())).map_err(other)?;
-    }
+    table.retain_in((group, &[][..])..(group + 1, &[][..]), |_, _| false).map_err(other)?;
     for (key, value) in rows {
         table.insert((group, key.as_slice()), value.as_slice()).map_err(other)?;
     }
@@ -333,7 +321,7 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, stats: &StoreStats) {
                 Err(_) => break,
             }
         }
-        let durable = batch.iter().any(|(_, sync, _)| *sync == Sync::Durable);
+        let durable = batch.iter().any(|(_, flush, _)| *flush == Flush::Durable);
         use std::sync::atomic::Ordering::Relaxed;
         stats.commits.fetch_add(1, Relaxed);
         stats.durable_commits.fetch_add(u64::from(durable), Relaxed);
@@ -422,14 +410,14 @@ impl LogStore {
         }
     }
 
-    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T, sync: Sync) -> io::Result<()> {
+    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T, flush: Flush) -> io::Result<()> {
         let bytes = encode(value)?;
         let group = self.group;
         let write: Write = Box::new(move |txn| {
             txn.open_table(META).map_err(other)?.insert((group, key), bytes.as_slice()).map_err(other)?;
             Ok(())
         });
-        self.store.enqueue(write, sync).await
+        self.store.enqueue(write, flush).await
     }
 
     /// Deletes the entries of this group with index in `lo..=hi`.
@@ -466,14 +454,14 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
-        self.put_meta("vote", vote, Sync::Durable).await
+        self.put_meta("vote", vote, Flush::Durable).await
     }
 
     /// Without an fsync of its own: a `committed` lost in a crash only means a restarted replica re-applies up
     /// to an older index and catches up from its leader; every read is served by a leader after a ReadIndex
     /// round, which covers every entry committed before it.
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        self.put_meta("committed", &committed, Sync::Lazy).await
+        self.put_meta("committed", &committed, Flush::Lazy).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
@@ -648,34 +636,33 @@ impl RaftStateMachine<C> for StateMachine {
         let mut configs: Vec<(u64, Vec<u8>)> = Vec::new();
         let trade_changes = {
             let mut shard = self.shard.lock().map_err(other)?;
-            for (entry, _) in &batch {
+            for (entry, _) in &mut batch {
                 let mut outcomes = Vec::new();
-                match &entry.payload {
+                let log_id = entry.log_id();
+                match &mut entry.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(command) => {
-                        for op in &command.ops {
+                        // Applied once: the operations move into the state machine instead of being copied.
+                        let at_ms = command.at_ms;
+                        for op in std::mem::take(&mut command.ops) {
                             outcomes.push(match op {
                                 Op::Put { key, value } => {
-                                    changes.push((key.clone(), Some(encode(value)?)));
+                                    changes.push((key, Some(encode(&value)?)));
                                     OpOutcome::Done
                                 }
                                 Op::Delete { key } => {
-                                    changes.push((key.clone(), None));
+                                    changes.push((key, None));
                                     OpOutcome::Done
                                 }
                                 Op::SetConfig { epoch, json } => {
-                                    configs.push((*epoch, encode(json)?));
+                                    configs.push((epoch, encode(&json)?));
                                     OpOutcome::Done
                                 }
-                                Op::Trade(c) => {
-                                    OpOutcome::Trade(shard.apply(&Stamped { at_ms: command.at_ms, command: c.clone() }))
-                                }
+                                Op::Trade(command) => OpOutcome::Trade(shard.apply(&Stamped { at_ms, command })),
                             });
                         }
                     }
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(entry.log_id()), m.clone()))
-                    }
+                    EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(log_id), m.clone())),
                 }
                 results.push(outcomes);
             }
@@ -691,7 +678,7 @@ impl RaftStateMachine<C> for StateMachine {
         let applied = encode(&Some(last))?;
         let membership = membership.map(|m| encode(&m)).transpose()?;
         // The changes, `last_applied` and the membership in one transaction, committed without waiting for an
-        // fsync of its own (see `Sync::Lazy`). Should it fail, the in-memory shard is ahead of the disk: the error
+        // fsync of its own (see `Flush::Lazy`). Should it fail, the in-memory shard is ahead of the disk: the error
         // stops this group (openraft treats it as fatal) and a restart reloads the shard from the disk.
         self.store
             .write_lazy(Box::new(move |txn| {
@@ -762,19 +749,8 @@ impl RaftStateMachine<C> for StateMachine {
         let shard = Shard::restore(group, blob.trade).map_err(|e| invalid(format!("snapshot of {group}: {e}")))?;
         self.store
             .write(Box::new(move |txn| {
+                clear_named_rows(txn, KV, group)?;
                 let mut kv = txn.open_table(KV).map_err(other)?;
-                let mut old: Vec<String> = Vec::new();
-                for item in kv.range((group, "")..).map_err(other)? {
-                    let (k, _) = item.map_err(other)?;
-                    let (g, key) = k.value();
-                    if g != group {
-                        break;
-                    }
-                    old.push(key.to_owned());
-                }
-                for key in old {
-                    kv.remove((group, key.as_str())).map_err(other)?;
-                }
                 for (key, value) in &rows {
                     kv.insert((group, key.as_str()), value.as_slice()).map_err(other)?;
                 }

@@ -119,10 +119,24 @@ fn rejection(r: &Rejection) -> Response {
 }
 
 /// Proposes a trading command and turns its outcome into the answer; `created` is the status of a first success.
+///
+/// An order with lines in other partitions is driven first: a pending one until it is confirmed or aborted (the
+/// answer waits for it), a closed one until its legs follow (best effort: the home leader finishes it otherwise).
 async fn trade(node: &Node, group: GroupId, command: Command, created: StatusCode) -> Response {
     match node.propose(group, Op::Trade(command)).await {
         Ok(OpOutcome::Trade(Outcome::Product(p))) => (created, Json(product_json(&p, group))).into_response(),
         Ok(OpOutcome::Trade(Outcome::Order { order, replayed })) => {
+            let order = match order.status {
+                OrderStatus::Pending => match node.drive_saga(order).await {
+                    Ok(o) => o,
+                    Err(e) => return request_error(e),
+                },
+                _ if order.needs_driving() => node.drive_saga(order.clone()).await.unwrap_or(order),
+                _ => order,
+            };
+            if let (OrderStatus::Aborted, Some(r)) = (&order.status, &order.rejection) {
+                return rejection(r);
+            }
             let status = if replayed { StatusCode::OK } else { created };
             (status, Json(order_json(&order))).into_response()
         }
@@ -260,28 +274,7 @@ async fn place_order(State(node): State<Arc<Node>>, b: Result<Json<NewOrder>, Js
         pay_deadline_ms: 0,
         remote,
     };
-    match node.propose(group, Op::Trade(command)).await {
-        Ok(OpOutcome::Trade(Outcome::Order { order, replayed })) => {
-            let order = if order.status == OrderStatus::Pending {
-                match node.drive_saga(order).await {
-                    Ok(o) => o,
-                    Err(e) => return request_error(e),
-                }
-            } else {
-                order
-            };
-            match (&order.status, &order.rejection) {
-                (OrderStatus::Aborted, Some(r)) => rejection(r),
-                _ => {
-                    let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
-                    (status, Json(order_json(&order))).into_response()
-                }
-            }
-        }
-        Ok(OpOutcome::Trade(Outcome::Rejected { rejection: r, .. })) => rejection(&r),
-        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
-        Err(e) => request_error(e),
-    }
+    trade(&node, group, command, StatusCode::CREATED).await
 }
 
 /// The partition of an order id, or the 404 answer for an id no partition can hold.
@@ -336,16 +329,7 @@ async fn close(
     }
     // Paying or cancelling twice is a no-op that returns the order: 200 either way. An order with lines in
     // other partitions then has its legs settled or released (finished in the background if this fails).
-    match node.propose(group, Op::Trade(command(id))).await {
-        Ok(OpOutcome::Trade(Outcome::Order { order, .. })) => {
-            let order =
-                if order.needs_driving() { node.drive_saga(order.clone()).await.unwrap_or(order) } else { order };
-            Json(order_json(&order)).into_response()
-        }
-        Ok(OpOutcome::Trade(Outcome::Rejected { rejection: r, .. })) => rejection(&r),
-        Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
-        Err(e) => request_error(e),
-    }
+    trade(node, group, command(id), StatusCode::OK).await
 }
 
 /// The OpenAPI 3.1 description of the HTTP API.

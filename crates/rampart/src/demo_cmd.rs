@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,6 @@ struct Sale {
     unknown: AtomicU64,
     /// Double clicks that came back with two different orders.
     split_clicks: AtomicU64,
-    done: AtomicBool,
 }
 
 fn told(result: &Result<Placed, Error>) -> Told {
@@ -122,7 +121,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut cluster = LocalCluster::start(3, &dir, None, &extra)?;
     let client = Client::new(cluster.http_urls(), Retry::default())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(wait_ready(&client, 3, Duration::from_secs(30))).context("starting the cluster")?;
+    runtime.block_on(crate::local::wait_ready(&client, 3, Duration::from_secs(30))).context("starting the cluster")?;
     say(format!(
         "cluster: 3 nodes ready in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
@@ -216,7 +215,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
-    sale.done.store(true, Ordering::Relaxed);
     let sale_time = sale_start.elapsed();
     if let (Some((i, _)), None) = (killed, restarted) {
         cluster.restart(i)?;
@@ -224,7 +222,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let Some((victim, _)) = killed else {
         bail!("the sale ended before the hot partition's leader could be found and killed; try more --users");
     };
-    runtime.block_on(wait_ready(&client, 3, Duration::from_secs(30))).context("after the restart")?;
+    runtime.block_on(crate::local::wait_ready(&client, 3, Duration::from_secs(30))).context("after the restart")?;
     say(format!(
         "sale over in {:.1} s; {} rejoined; checking every acknowledged order on every node...",
         sale_time.as_secs_f64(),
@@ -293,23 +291,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("data and logs kept in {}", temp.keep().display());
     }
     Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-async fn wait_ready(client: &Client, nodes: usize, within: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        let mut ready = true;
-        for i in 0..nodes {
-            ready &= client.ready(i).await;
-        }
-        if ready {
-            return Ok(());
-        }
-        if start.elapsed() > within {
-            bail!("the cluster was not ready within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The id of the node leading `partition`, from the cluster view.

@@ -155,3 +155,21 @@ impl Drop for LocalCluster {
         self.stop();
     }
 }
+
+/// Waits until each of the first `nodes` nodes `client` knows answers `/readyz` with 200.
+pub async fn wait_ready(client: &rampart_client::Client, nodes: usize, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let mut ready = true;
+        for i in 0..nodes {
+            ready &= client.ready(i).await;
+        }
+        if ready {
+            return Ok(());
+        }
+        if start.elapsed() > within {
+            bail!("the cluster was not ready within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

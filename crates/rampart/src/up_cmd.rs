@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::Context;
 use clap::Args;
 use rampart_client::{Client, Retry};
 
@@ -46,21 +46,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = Client::new(cluster.http_urls(), Retry::default())?;
     let started = Instant::now();
-    runtime.block_on(async {
-        loop {
-            let mut ready = true;
-            for i in 0..args.nodes {
-                ready &= client.ready(i).await;
-            }
-            if ready {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("the cluster was not ready within 60 s; logs are in {}", dir.display());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })?;
+    runtime
+        .block_on(crate::local::wait_ready(&client, args.nodes, Duration::from_secs(60)))
+        .with_context(|| format!("logs are in {}", dir.display()))?;
     println!(
         "rampart: {} nodes ready in {:.1} s (data and logs in {})",
         args.nodes,

@@ -43,6 +43,8 @@ pub struct Shard {
     held: BTreeMap<(Sku, UserId), u64>,
     /// Derived: confirmed orders by payment deadline.
     deadlines: BTreeSet<(u64, OrderId)>,
+    /// Derived: orders whose saga has work left ([`Order::needs_driving`]), kept by [`Shard::order_changed`].
+    driving: BTreeSet<OrderId>,
     /// Derived: idempotency records by the time they were made.
     remembered: BTreeSet<(u64, UserId, String)>,
     /// Rows changed since the last [`Shard::drain_changes`].
@@ -94,6 +96,9 @@ impl Shard {
         for o in shard.orders.values() {
             if o.status == OrderStatus::Confirmed {
                 shard.deadlines.insert((o.pay_deadline_ms, o.id.clone()));
+            }
+            if o.needs_driving() {
+                shard.driving.insert(o.id.clone());
             }
             if !o.status.holds_stock() {
                 continue;
@@ -203,7 +208,17 @@ impl Shard {
 
     /// Orders whose saga the home partition's leader must drive: pending, or legs not matching the status.
     pub fn orders_to_drive(&self) -> Vec<Order> {
-        self.orders.values().filter(|o| o.needs_driving()).cloned().collect()
+        self.driving.iter().filter_map(|id| self.orders.get(id)).cloned().collect()
+    }
+
+    /// Every change to an order goes through here: its row is written, and the saga index follows it.
+    fn order_changed(&mut self, id: OrderId) {
+        if self.orders.get(&id).is_some_and(Order::needs_driving) {
+            self.driving.insert(id.clone());
+        } else {
+            self.driving.remove(&id);
+        }
+        self.dirty.insert(RowKey::Order(id));
     }
 
     fn meta(&self) -> Row {
@@ -368,7 +383,7 @@ impl Shard {
                     self.deadlines.insert((pay_deadline_ms, id.clone()));
                 }
                 self.orders.insert(id.clone(), order);
-                self.dirty.insert(RowKey::Order(id.clone()));
+                self.order_changed(id.clone());
                 Ok(id)
             }
         };
@@ -431,7 +446,7 @@ impl Shard {
         } else {
             self.release_lines(&user, &local);
         }
-        self.dirty.insert(RowKey::Order(id.clone()));
+        self.order_changed(id.clone());
     }
 
     /// The line `item` would be, priced, if `user` may reserve it now; else why not.
@@ -502,9 +517,9 @@ impl Shard {
         // Only for the status the driver synced to: a pay or cancel applied meanwhile needs another round.
         if order.status == status && !order.legs_synced {
             order.legs_synced = true;
-            self.dirty.insert(RowKey::Order(id.clone()));
+            self.order_changed(id.clone());
         }
-        Ok(Outcome::Order { order: order.clone(), replayed: false })
+        Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
     }
 
     /// Reserves a saga leg here, all or nothing.
@@ -628,7 +643,7 @@ impl Shard {
                 self.release_lines(&user, &local);
             }
         }
-        self.dirty.insert(RowKey::Order(id.clone()));
+        self.order_changed(id.clone());
         Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
     }
 
@@ -651,7 +666,7 @@ impl Shard {
                 Some(Remembered::Placed(id)) => {
                     if let Some(order) = self.orders.get_mut(&id) {
                         order.key_released = true;
-                        self.dirty.insert(RowKey::Order(id));
+                        self.order_changed(id);
                     }
                 }
                 Some(Remembered::Refused { seq, .. }) => {

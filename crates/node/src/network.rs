@@ -1,15 +1,18 @@
 //! Node-to-node RPC: every partition group's Raft messages, and forwarded client requests, over one HTTP/2
 //! connection per peer (h2c on the `--peer` address).
 //!
-//! Bodies are postcard. A request names its group in the path (`/raft/{group}/append`), so one connection
-//! multiplexes all groups; the server hands each message to that group's Raft. Any failure on the way (peer
-//! down, timeout, group not hosted there) is reported to openraft as `Unreachable`, which makes it back off and
-//! retry; it never stops a group.
+//! Bodies are postcard. Raft messages to one peer travel in batches: each target has a lane, a task that takes
+//! every message queued for that peer (from any group) into one `POST /raft/batch`, with at most
+//! [`LANE_WINDOW`] batches in flight. Messages raised together (a heartbeat round of every group this node
+//! leads, a burst of appends) so cost one request, one set of HTTP/2 frames and one wake-up of the peer, not one
+//! each; the server hands each message to its group's Raft, concurrently, and answers them in order. Snapshots
+//! go alone on `/raft/{group}/snapshot`. Any failure on the way (peer down, timeout, group not hosted there) is
+//! reported to openraft as `Unreachable`, which makes it back off and retry; it never stops a group.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, Cursor};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -25,6 +28,8 @@ use openraft::OptionalSend;
 use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 use crate::types::{GroupId, PeerNode, RaftId, TypeConfig};
 
@@ -34,6 +39,42 @@ type C = TypeConfig;
 pub const MAX_BODY: usize = 64 << 20;
 /// A Raft RPC that takes longer than this is treated as lost.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Batches of Raft messages in flight to one peer. Messages raised while they are out wait and leave together in
+/// the next batch: the more load, the larger the batches, and the fewer requests per message.
+pub const LANE_WINDOW: usize = 1;
+/// The most messages in one batch.
+const BATCH_MESSAGES: usize = 512;
+/// A batch is closed once its message bodies reach this size (a single larger message still goes, alone).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// The Raft operations that travel in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftOp {
+    Append,
+    Vote,
+    PreVote,
+}
+
+/// One Raft message of a batch: its group, its operation and its postcard body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub group: GroupId,
+    pub op: RaftOp,
+    pub body: Bytes,
+}
+
+/// The answer to one [`Envelope`]: the postcard answer of the group's Raft, or why there is none.
+pub type Reply = Result<Bytes, String>;
+
+type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// A message waiting in a lane, with the caller waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    envelope: Envelope,
+    deadline: Instant,
+    reply: oneshot::Sender<Reply>,
+}
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +98,10 @@ pub enum CallError {
 /// The client side of node-to-node RPC, shared by every group.
 #[derive(Clone, Debug)]
 pub struct Peers {
-    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     nodes: Arc<RwLock<BTreeMap<RaftId, PeerNode>>>,
+    /// One lane per target, started on first use; a lane stops when every `Peers` clone is gone.
+    lanes: Arc<Mutex<BTreeMap<RaftId, mpsc::UnboundedSender<Pending>>>>,
 }
 
 impl Peers {
@@ -68,7 +111,7 @@ impl Peers {
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         let client =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Self { client, nodes: Arc::new(RwLock::new(nodes)) }
+        Self { client, nodes: Arc::new(RwLock::new(nodes)), lanes: Arc::default() }
     }
 
     /// The known nodes.
@@ -84,13 +127,8 @@ impl Peers {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let addr = self
-            .nodes
-            .read()
-            .ok()
-            .and_then(|n| n.get(&target).map(|p| p.peer.clone()))
-            .ok_or(CallError::UnknownPeer(target))?;
-        self.call_at(addr, path, req, timeout).await
+        let addr = peer_addr(&self.nodes, target)?;
+        exchange(&self.client, addr, path, req, timeout).await
     }
 
     /// Adds or updates a node's addresses.
@@ -107,52 +145,141 @@ impl Peers {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        Peers::new(BTreeMap::new()).call_at(addr.to_string(), path, req, timeout).await
+        exchange(&Peers::new(BTreeMap::new()).client, addr.to_string(), path, req, timeout).await
     }
 
-    async fn call_at<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        addr: String,
-        path: &str,
-        req: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError> {
-        let body = postcard::to_allocvec(req).map_err(|e| CallError::Decode(addr.clone(), e.to_string()))?;
-        let exchange = async {
-            let request = Request::post(format!("http://{addr}{path}"))
-                .header(header::CONTENT_TYPE, "application/octet-stream")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
-            let response =
-                self.client.request(request).await.map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
-            let status = response.status();
-            if status != StatusCode::OK {
-                return Err(CallError::Status(addr.clone(), status));
-            }
-            let bytes = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?
-                .to_bytes();
-            postcard::from_bytes(&bytes).map_err(|e| CallError::Decode(addr.clone(), e.to_string()))
-        };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(addr.clone()))?
-    }
-
+    /// Sends one Raft message through `target`'s lane and decodes the answer.
     async fn raft_call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: RaftId,
         group: GroupId,
-        op: &str,
+        op: RaftOp,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, io::Error> {
-        let answer: Result<Resp, String> = self
-            .call(target, &format!("/raft/{group}/{op}"), req, timeout)
+        let body = Bytes::from(postcard::to_allocvec(req).map_err(io::Error::other)?);
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { envelope: Envelope { group, op, body }, deadline: Instant::now() + timeout, reply };
+        self.lane(target).send(pending).map_err(|_| io::Error::other(format!("node {target}: lane closed")))?;
+        let bytes = tokio::time::timeout(timeout, answer)
             .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        answer.map_err(io::Error::other)
+            .map_err(|_| io::Error::other(format!("node {target} timed out")))?
+            .map_err(|_| io::Error::other(format!("node {target}: batch abandoned")))?
+            .map_err(io::Error::other)?;
+        postcard::from_bytes(&bytes).map_err(io::Error::other)
     }
+
+    fn lane(&self, target: RaftId) -> mpsc::UnboundedSender<Pending> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lane) = lanes.get(&target).filter(|l| !l.is_closed()) {
+            return lane.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_lane(self.client.clone(), self.nodes.clone(), target, rx));
+        lanes.insert(target, tx.clone());
+        tx
+    }
+}
+
+fn peer_addr(nodes: &RwLock<BTreeMap<RaftId, PeerNode>>, target: RaftId) -> Result<String, CallError> {
+    nodes.read().ok().and_then(|n| n.get(&target).map(|p| p.peer.clone())).ok_or(CallError::UnknownPeer(target))
+}
+
+/// A lane: takes what is queued for `target` into batches, at most [`LANE_WINDOW`] in flight.
+async fn run_lane(
+    client: HttpClient,
+    nodes: Arc<RwLock<BTreeMap<RaftId, PeerNode>>>,
+    target: RaftId,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+) {
+    let window = Arc::new(Semaphore::new(LANE_WINDOW));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = window.clone().acquire_owned().await else { return };
+        // Let the messages raised in the same instant (the other groups' heartbeats of one round) join.
+        tokio::task::yield_now().await;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(pending) = next.take() {
+            // A caller that gave up (timed out) is not sent.
+            if !pending.reply.is_closed() {
+                bytes += pending.envelope.body.len();
+                batch.push(pending);
+            }
+            if batch.len() >= BATCH_MESSAGES || bytes >= BATCH_BYTES {
+                break;
+            }
+            next = queue.try_recv().ok();
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let addr = peer_addr(&nodes, target);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            send_batch(&client, addr, batch).await;
+        });
+    }
+}
+
+async fn send_batch(client: &HttpClient, addr: Result<String, CallError>, batch: Vec<Pending>) {
+    let now = Instant::now();
+    let timeout = batch.iter().map(|p| p.deadline.saturating_duration_since(now)).max().unwrap_or_default();
+    let (envelopes, waiters): (Vec<Envelope>, Vec<oneshot::Sender<Reply>>) =
+        batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
+    let answer: Result<Vec<Reply>, CallError> = match addr {
+        Ok(addr) => exchange(client, addr, "/raft/batch", &envelopes, timeout.min(RPC_TIMEOUT)).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(replies) if replies.len() == waiters.len() => {
+            for (waiter, reply) in waiters.into_iter().zip(replies) {
+                let _ = waiter.send(reply);
+            }
+        }
+        Ok(replies) => {
+            let why = format!("a batch of {} messages was answered with {}", waiters.len(), replies.len());
+            for waiter in waiters {
+                let _ = waiter.send(Err(why.clone()));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for waiter in waiters {
+                let _ = waiter.send(Err(why.clone()));
+            }
+        }
+    }
+}
+
+/// POSTs `req` (postcard) to `path` on the peer address `addr` and decodes the answer.
+async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
+    client: &HttpClient,
+    addr: String,
+    path: &str,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
+    let body = postcard::to_allocvec(req).map_err(|e| CallError::Decode(addr.clone(), e.to_string()))?;
+    let exchange = async {
+        let request = Request::post(format!("http://{addr}{path}"))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
+        let response = client.request(request).await.map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(CallError::Status(addr.clone(), status));
+        }
+        let bytes = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?
+            .to_bytes();
+        postcard::from_bytes(&bytes).map_err(|e| CallError::Decode(addr.clone(), e.to_string()))
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout(addr.clone()))?
 }
 
 fn unreachable(e: io::Error) -> RPCError<C> {
@@ -181,7 +308,7 @@ impl GroupRouter<C, GroupId> for Peers {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.raft_call(target, group, "append", &rpc, ttl(&option)).await.map_err(unreachable)
+        self.raft_call(target, group, RaftOp::Append, &rpc, ttl(&option)).await.map_err(unreachable)
     }
 
     async fn vote(
@@ -191,7 +318,7 @@ impl GroupRouter<C, GroupId> for Peers {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.raft_call(target, group, "vote", &rpc, ttl(&option)).await.map_err(unreachable)
+        self.raft_call(target, group, RaftOp::Vote, &rpc, ttl(&option)).await.map_err(unreachable)
     }
 
     async fn pre_vote(
@@ -201,7 +328,7 @@ impl GroupRouter<C, GroupId> for Peers {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.raft_call(target, group, "pre_vote", &rpc, ttl(&option)).await.map_err(unreachable)
+        self.raft_call(target, group, RaftOp::PreVote, &rpc, ttl(&option)).await.map_err(unreachable)
     }
 
     async fn full_snapshot(
@@ -216,9 +343,11 @@ impl GroupRouter<C, GroupId> for Peers {
         let rpc = SnapshotRpc { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
         // A snapshot may be large: give it more than a heartbeat's time.
         let timeout = ttl(&option).max(Duration::from_secs(10));
-        self.raft_call(target, group, "snapshot", &rpc, timeout)
+        let answer: Result<SnapshotResponse<C>, String> = self
+            .call(target, &format!("/raft/{group}/snapshot"), &rpc, timeout)
             .await
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&io::Error::other(e.to_string()))))?;
+        answer.map_err(|e| StreamingError::Unreachable(Unreachable::new(&io::Error::other(e))))
     }
 }
 

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures_util::future::join_all;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::RaftMetrics;
 use openraft::raft::ReadPolicy;
@@ -25,7 +26,7 @@ use rampart_membership_net::Membership;
 
 use crate::cluster::{AdminError, AdminOp, Cluster, ClusterConfig, Member, META_GROUP};
 use crate::config::{Bootstrap, NodeConfig};
-use crate::network::{CallError, GroupNetwork, Peers, SnapshotRpc, MAX_BODY};
+use crate::network::{CallError, Envelope, GroupNetwork, Peers, RaftOp, Reply, SnapshotRpc, MAX_BODY};
 use crate::store::{StateMachine, Store};
 use crate::types::{raft_id, Command, GroupId, Op, OpOutcome, PeerNode, RaftId, TypeConfig};
 use rampart_trading::{HoldState, Item, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Sku};
@@ -196,6 +197,11 @@ impl Node {
                 election_timeout_min: config.election_timeout.as_millis() as u64,
                 election_timeout_max: config.election_timeout.as_millis() as u64 * 2,
                 install_snapshot_timeout: 10_000,
+                // Heartbeats come from one node-wide round (heartbeat_loop) so that every group's heartbeat to a
+                // peer leaves in one batch; a follower that acknowledged an append within half an interval needs
+                // none.
+                enable_heartbeat: false,
+                heartbeat_min_interval: Some(config.heartbeat.as_millis() as u64 / 2),
                 ..openraft::Config::default()
             }
             .validate()
@@ -250,10 +256,11 @@ impl Node {
                 tracing::error!("peer server stopped: {e}");
             }
         });
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::downgrade(&node)));
         let expiry = tokio::spawn(expiry_loop(Arc::downgrade(&node)));
         let reconcile = tokio::spawn(crate::cluster::reconcile_loop(Arc::downgrade(&node)));
         if let Ok(mut t) = node.tasks.lock() {
-            t.extend([server, expiry, reconcile]);
+            t.extend([server, heartbeat, expiry, reconcile]);
         }
         if founding {
             // A fresh cluster: the first replica of each group creates it with the founding replicas. Never again
@@ -619,6 +626,24 @@ async fn propose_loop(
 
 /// On every group this node leads: expires unpaid orders past their deadline and forgets idempotency records
 /// past their retention, as replicated commands.
+/// One heartbeat round per interval for every group this node leads, all at the same instant, so that each peer
+/// gets them in one batch (one request per peer per round, not one per group).
+async fn heartbeat_loop(node: std::sync::Weak<Node>) {
+    let Some(every) = node.upgrade().map(|n| n.config.heartbeat) else { return };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        for (_, raft) in node.hosted() {
+            if raft.metrics().borrow_watched().state == ServerState::Leader {
+                // Fails only when the group is shutting down.
+                let _ = raft.trigger().heartbeat().await;
+            }
+        }
+    }
+}
+
 async fn expiry_loop(node: std::sync::Weak<Node>) {
     let mut tick = tokio::time::interval(EXPIRY_EVERY);
     loop {
@@ -679,7 +704,8 @@ fn bad_request(e: impl std::fmt::Display) -> Response {
 /// The peer RPC server: Raft messages per group and forwarded requests.
 fn peer_router(node: Arc<Node>) -> Router {
     Router::new()
-        .route("/raft/{group}/{op}", post(raft_rpc))
+        .route("/raft/batch", post(raft_batch))
+        .route("/raft/{group}/snapshot", post(snapshot_rpc))
         .route("/internal/{group}", post(forwarded))
         .route("/internal/admin", post(admin_rpc))
         .route("/internal/admin-local", post(admin_local_rpc))
@@ -690,32 +716,45 @@ fn peer_router(node: Arc<Node>) -> Router {
         .merge(rampart_membership_net::http::router(node.membership.clone()))
 }
 
-async fn raft_rpc(State(node): State<Arc<Node>>, Path((group, op)): Path<(GroupId, String)>, body: Bytes) -> Response {
+/// A batch of Raft messages from one peer: each goes to its group's Raft, all at once, and the answers come back
+/// in the order of the messages.
+async fn raft_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match postcard::from_bytes::<Vec<Envelope>>(&body) {
+        Ok(batch) => postcard_response(&join_all(batch.into_iter().map(|m| raft_message(&node, m))).await),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn raft_message(node: &Node, message: Envelope) -> Reply {
+    let raft = node.group(message.group).ok_or_else(|| format!("partition {} is not hosted here", message.group))?;
+    let body = &message.body;
+    let bytes = match message.op {
+        RaftOp::Append => {
+            let rpc = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            postcard::to_allocvec(&raft.append_entries(rpc).await.map_err(|e| e.to_string())?)
+        }
+        RaftOp::Vote => {
+            let rpc = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            postcard::to_allocvec(&raft.vote(rpc).await.map_err(|e| e.to_string())?)
+        }
+        RaftOp::PreVote => {
+            let rpc = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            postcard::to_allocvec(&raft.pre_vote(rpc).await.map_err(|e| e.to_string())?)
+        }
+    };
+    bytes.map(Bytes::from).map_err(|e| e.to_string())
+}
+
+async fn snapshot_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>, body: Bytes) -> Response {
     let Some(raft) = node.group(group) else {
         return postcard_response(&Err::<(), String>(format!("partition {group} is not hosted here")));
     };
-    let err = |e: &dyn std::fmt::Display| e.to_string();
-    match op.as_str() {
-        "append" => match postcard::from_bytes(&body) {
-            Ok(rpc) => postcard_response(&raft.append_entries(rpc).await.map_err(|e| err(&e))),
-            Err(e) => bad_request(e),
-        },
-        "vote" => match postcard::from_bytes(&body) {
-            Ok(rpc) => postcard_response(&raft.vote(rpc).await.map_err(|e| err(&e))),
-            Err(e) => bad_request(e),
-        },
-        "pre_vote" => match postcard::from_bytes(&body) {
-            Ok(rpc) => postcard_response(&raft.pre_vote(rpc).await.map_err(|e| err(&e))),
-            Err(e) => bad_request(e),
-        },
-        "snapshot" => match postcard::from_bytes::<SnapshotRpc>(&body) {
-            Ok(rpc) => {
-                let snapshot = Snapshot { meta: rpc.meta, snapshot: Cursor::new(rpc.data) };
-                postcard_response(&raft.install_full_snapshot(rpc.vote, snapshot).await.map_err(|e| err(&e)))
-            }
-            Err(e) => bad_request(e),
-        },
-        _ => (StatusCode::NOT_FOUND, "unknown raft operation").into_response(),
+    match postcard::from_bytes::<SnapshotRpc>(&body) {
+        Ok(rpc) => {
+            let snapshot = Snapshot { meta: rpc.meta, snapshot: Cursor::new(rpc.data) };
+            postcard_response(&raft.install_full_snapshot(rpc.vote, snapshot).await.map_err(|e| e.to_string()))
+        }
+        Err(e) => bad_request(e),
     }
 }
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# What a 3-node, 64-partition cluster costs: CPU of the idle nodes, then kv writes and hot-SKU orders at 64 clients.
+# usage: bench/node-cost.sh [IDLE_SECONDS] [LOAD_SECONDS]     (RAMPART_BIN=path measures another build)
+# Idle CPU is the nodes' user+system clock ticks (/proc/PID/stat; 100 ticks = one core busy for a second).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+idle=${1:-5}; secs=${2:-10}
+if [ -z "${RAMPART_BIN:-}" ]; then cargo build --release --quiet; fi
+bin=${RAMPART_BIN:-$PWD/target/release/rampart}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+dir=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
+trap cleanup EXIT
+
+ticks() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+start_rampart
+sleep 3
+t0=$(ticks); sleep "$idle"; t1=$(ticks)
+echo "idle: $((t1 - t0)) ticks in ${idle} s over 3 nodes ($(( (t1 - t0) / (3 * idle) ))% of a core per node)"
+addr=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+"$bin" bench --addr "$addr" --workload kv --clients 64 --duration-s "$secs" 2>/dev/null
+"$bin" bench --addr "$addr" --workload flash-sale --clients 64 --duration-s "$secs" 2>/dev/null

@@ -223,12 +223,15 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
     use std::sync::atomic::Ordering::Relaxed;
     let stats = &node.store.stats;
+    let (snapshot_chunks, snapshots) = node.snapshots_in.lock().map(|a| (a.chunks, a.completed)).unwrap_or_default();
     let counters = [
         ("rampart_store_commits_total", "storage transactions committed", stats.commits.load(Relaxed)),
         ("rampart_store_durable_commits_total", "of which fsync'd", stats.durable_commits.load(Relaxed)),
         ("rampart_store_writes_total", "writes those transactions carried", stats.writes.load(Relaxed)),
         ("rampart_proposed_entries_total", "Raft entries proposed by this node", node.proposed.entries.load(Relaxed)),
         ("rampart_proposed_ops_total", "client operations those entries carried", node.proposed.ops.load(Relaxed)),
+        ("rampart_snapshot_chunks_received_total", "snapshot chunks taken in from leaders", snapshot_chunks),
+        ("rampart_snapshots_received_total", "snapshots received whole from leaders", snapshots),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

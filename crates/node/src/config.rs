@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub payment_deadline_ms: Option<u64>,
     pub idempotency_retention_ms: Option<u64>,
     pub replace_after_ms: Option<u64>,
+    pub snapshot_logs: Option<u64>,
+    pub snapshot_chunk_bytes: Option<u64>,
 }
 
 impl RawConfig {
@@ -50,6 +52,8 @@ impl RawConfig {
             payment_deadline_ms: self.payment_deadline_ms.or(lower.payment_deadline_ms),
             idempotency_retention_ms: self.idempotency_retention_ms.or(lower.idempotency_retention_ms),
             replace_after_ms: self.replace_after_ms.or(lower.replace_after_ms),
+            snapshot_logs: self.snapshot_logs.or(lower.snapshot_logs),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(lower.snapshot_chunk_bytes),
         }
     }
 
@@ -91,6 +95,11 @@ pub struct NodeConfig {
     pub idempotency_retention: Duration,
     /// A (non-founding) member declared dead for this long is decommissioned: its replicas are rebuilt elsewhere.
     pub replace_after: Duration,
+    /// A partition snapshots its state after this many log entries since its last snapshot, and then purges its
+    /// log up to a fifth of that behind the snapshot (a replica further behind gets the snapshot).
+    pub snapshot_logs: u64,
+    /// Snapshots travel to a replica in chunks of this many bytes.
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// A setting is missing or out of range. Nothing was started.
@@ -196,6 +205,14 @@ impl NodeConfig {
         if replace_after < Duration::from_secs(1) || replace_after > Duration::from_secs(86_400) {
             return Err(invalid("replace_after_ms", "use 1000 to 86400000"));
         }
+        let snapshot_logs = raw.snapshot_logs.unwrap_or(5_000);
+        if !(10..=10_000_000).contains(&snapshot_logs) {
+            return Err(invalid("snapshot_logs", "use 10 to 10000000"));
+        }
+        let snapshot_chunk_bytes = raw.snapshot_chunk_bytes.unwrap_or(1 << 20);
+        if !(1024..=32 << 20).contains(&snapshot_chunk_bytes) {
+            return Err(invalid("snapshot_chunk_bytes", "use 1024 to 33554432 (32 MiB)"));
+        }
         Ok(NodeConfig {
             id,
             http,
@@ -211,6 +228,8 @@ impl NodeConfig {
             payment_deadline,
             idempotency_retention,
             replace_after,
+            snapshot_logs,
+            snapshot_chunk_bytes: snapshot_chunk_bytes as usize,
         })
     }
 }
@@ -261,6 +280,8 @@ mod tests {
             (RawConfig { heartbeat_ms: Some(200), election_timeout_ms: Some(300), ..raw() }, "election_timeout_ms"),
             (RawConfig { payment_deadline_ms: Some(0), ..raw() }, "payment_deadline_ms"),
             (RawConfig { idempotency_retention_ms: Some(1), ..raw() }, "idempotency_retention_ms"),
+            (RawConfig { snapshot_logs: Some(1), ..raw() }, "snapshot_logs"),
+            (RawConfig { snapshot_chunk_bytes: Some(1 << 30), ..raw() }, "snapshot_chunk_bytes"),
         ];
         for (r, field) in cases {
             let err = NodeConfig::from_raw(r).unwrap_err().to_string();

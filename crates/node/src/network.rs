@@ -102,16 +102,23 @@ pub struct Peers {
     nodes: Arc<RwLock<BTreeMap<RaftId, PeerNode>>>,
     /// One lane per target, started on first use; a lane stops when every `Peers` clone is gone.
     lanes: Arc<Mutex<BTreeMap<RaftId, mpsc::UnboundedSender<Pending>>>>,
+    /// Snapshots are sent in chunks of this many bytes.
+    snapshot_chunk: usize,
 }
 
 impl Peers {
-    pub fn new(nodes: BTreeMap<RaftId, PeerNode>) -> Self {
+    pub fn new(nodes: BTreeMap<RaftId, PeerNode>, snapshot_chunk: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         let client =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Self { client, nodes: Arc::new(RwLock::new(nodes)), lanes: Arc::default() }
+        Self {
+            client,
+            nodes: Arc::new(RwLock::new(nodes)),
+            lanes: Arc::default(),
+            snapshot_chunk: snapshot_chunk.max(1),
+        }
     }
 
     /// The known nodes.
@@ -145,7 +152,7 @@ impl Peers {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        exchange(&Peers::new(BTreeMap::new()).client, addr.to_string(), path, req, timeout).await
+        exchange(&Peers::new(BTreeMap::new(), 1).client, addr.to_string(), path, req, timeout).await
     }
 
     /// Sends one Raft message through `target`'s lane and decodes the answer.
@@ -290,12 +297,89 @@ fn ttl(option: &RPCOption) -> Duration {
     option.hard_ttl().min(RPC_TIMEOUT)
 }
 
-/// A snapshot on the wire: the vote of the sender, the metadata and the bytes.
+/// The largest snapshot a node takes in (it is assembled in memory before it is installed).
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
+
+/// One piece of a snapshot on the wire. A snapshot goes in pieces of `--snapshot-chunk-bytes`, in order, each
+/// with the sender's vote, the snapshot's metadata, where the piece starts and the snapshot's whole size; the
+/// receiver answers `None` until it has every byte, then installs the snapshot and answers with the result.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotRpc {
+pub struct SnapshotChunk {
+    pub vote: VoteOf<C>,
+    pub meta: SnapshotMetaOf<C>,
+    pub offset: u64,
+    pub total: u64,
+    pub data: Bytes,
+}
+
+impl SnapshotChunk {
+    /// Which snapshot the chunk belongs to: the sender's vote and the last entry the snapshot holds.
+    fn id(&self) -> String {
+        format!("{:?} at {:?}", self.vote, self.meta.last_log_id)
+    }
+}
+
+/// A snapshot assembled from its chunks.
+#[derive(Debug)]
+pub struct WholeSnapshot {
     pub vote: VoteOf<C>,
     pub meta: SnapshotMetaOf<C>,
     pub data: Vec<u8>,
+}
+
+/// The receiving side of snapshot transfer: per group, the snapshot being received. A chunk that does not
+/// continue it (another snapshot, a gap, a size that changed) is refused and changes nothing; a chunk at offset 0
+/// starts over.
+#[derive(Debug, Default)]
+pub struct SnapshotAssembler {
+    /// Per group: the snapshot's id ([`SnapshotChunk::id`]), its whole size and the bytes so far.
+    partial: BTreeMap<GroupId, (String, u64, Vec<u8>)>,
+    /// Chunks taken and snapshots completed (for `/metrics`).
+    pub chunks: u64,
+    pub completed: u64,
+}
+
+impl SnapshotAssembler {
+    /// Takes one chunk of `group`'s snapshot: `Some` once the snapshot is whole.
+    pub fn accept(&mut self, group: GroupId, chunk: SnapshotChunk) -> Result<Option<WholeSnapshot>, String> {
+        let end = chunk.offset.checked_add(chunk.data.len() as u64).filter(|end| *end <= chunk.total);
+        let Some(end) = end else {
+            return Err(format!(
+                "a chunk at {} of {} bytes overruns the snapshot's {}",
+                chunk.offset,
+                chunk.data.len(),
+                chunk.total
+            ));
+        };
+        if chunk.total > MAX_SNAPSHOT_BYTES {
+            return Err(format!("a snapshot of {} bytes is over the {MAX_SNAPSHOT_BYTES}-byte limit", chunk.total));
+        }
+        if chunk.data.is_empty() && end < chunk.total {
+            return Err("an empty chunk in the middle of a snapshot".into());
+        }
+        if chunk.offset == 0 {
+            self.partial.remove(&group);
+        } else {
+            let Some((id, total, received)) = self.partial.get(&group) else {
+                return Err(format!("a chunk at {} of a snapshot whose start never came", chunk.offset));
+            };
+            if *id != chunk.id() || *total != chunk.total {
+                return Err(format!("a chunk of snapshot {} while receiving {id}", chunk.id()));
+            }
+            if chunk.offset != received.len() as u64 {
+                return Err(format!("a chunk at {} where {} was expected", chunk.offset, received.len()));
+            }
+        }
+        self.chunks += 1;
+        let (_, total, received) = self.partial.entry(group).or_insert_with(|| (chunk.id(), chunk.total, Vec::new()));
+        received.extend_from_slice(&chunk.data);
+        if (received.len() as u64) < *total {
+            return Ok(None);
+        }
+        let data = self.partial.remove(&group).map(|(_, _, data)| data).unwrap_or_default();
+        self.completed += 1;
+        Ok(Some(WholeSnapshot { vote: chunk.vote, meta: chunk.meta, data }))
+    }
 }
 
 impl GroupRouter<C, GroupId> for Peers {
@@ -337,17 +421,40 @@ impl GroupRouter<C, GroupId> for Peers {
         group: GroupId,
         vote: VoteOf<C>,
         snapshot: SnapshotOf<C, Self::SnapshotData>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
-        let rpc = SnapshotRpc { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
-        // A snapshot may be large: give it more than a heartbeat's time.
+        let data = Bytes::from(snapshot.snapshot.into_inner());
+        let total = data.len() as u64;
+        // A chunk may be large: give it more than a heartbeat's time.
         let timeout = ttl(&option).max(Duration::from_secs(10));
-        let answer: Result<SnapshotResponse<C>, String> = self
-            .call(target, &format!("/raft/{group}/snapshot"), &rpc, timeout)
-            .await
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&io::Error::other(e.to_string()))))?;
-        answer.map_err(|e| StreamingError::Unreachable(Unreachable::new(&io::Error::other(e))))
+        let failed = |why: String| StreamingError::Unreachable(Unreachable::new(&io::Error::other(why)));
+        let send = async {
+            let mut offset = 0;
+            loop {
+                let end = (offset + self.snapshot_chunk).min(data.len());
+                let chunk = SnapshotChunk {
+                    vote,
+                    meta: snapshot.meta.clone(),
+                    offset: offset as u64,
+                    total,
+                    data: data.slice(offset..end),
+                };
+                let answer: Result<Option<SnapshotResponse<C>>, String> = self
+                    .call(target, &format!("/raft/{group}/snapshot"), &chunk, timeout)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                match answer.map_err(failed)? {
+                    Some(response) => return Ok(response),
+                    None if end < data.len() => offset = end,
+                    None => return Err(failed("the peer took the last chunk but installed nothing".into())),
+                }
+            }
+        };
+        tokio::select! {
+            sent = send => sent,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
     }
 }
 
@@ -363,5 +470,65 @@ impl RaftNetworkFactory<C> for GroupNetwork {
 
     async fn new_client(&mut self, target: RaftId, _node: &PeerNode) -> Self::Network {
         GroupNetworkAdapter::new(self.peers.clone(), target, self.group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(term: u64, offset: u64, total: u64, data: &[u8]) -> SnapshotChunk {
+        SnapshotChunk {
+            vote: VoteOf::<C>::new(term, 1),
+            meta: SnapshotMetaOf::<C>::default(),
+            offset,
+            total,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_whole_only_after_its_last_chunk() {
+        let mut a = SnapshotAssembler::default();
+        assert!(a.accept(7, chunk(1, 0, 10, b"0123")).unwrap().is_none());
+        assert!(a.accept(7, chunk(1, 4, 10, b"4567")).unwrap().is_none());
+        // Another group's snapshot does not disturb this one.
+        assert!(a.accept(8, chunk(1, 0, 3, b"abc")).unwrap().is_some());
+        let whole = a.accept(7, chunk(1, 8, 10, b"89")).unwrap().expect("whole after the last byte");
+        assert_eq!(whole.data, b"0123456789");
+        assert_eq!((a.chunks, a.completed), (4, 2));
+        assert!(a.partial.is_empty(), "nothing is kept after a snapshot is whole");
+    }
+
+    #[test]
+    fn chunks_that_do_not_continue_the_snapshot_are_refused_and_change_nothing() {
+        let mut a = SnapshotAssembler::default();
+        a.accept(1, chunk(1, 0, 10, b"0123")).unwrap();
+        let refused = [
+            chunk(1, 6, 10, b"67"),                    // a gap
+            chunk(1, 2, 10, b"23"),                    // a repeat
+            chunk(2, 4, 10, b"4567"),                  // another snapshot (another leader's)
+            chunk(1, 4, 12, b"4567"),                  // another size
+            chunk(1, 8, 10, b"89ab"),                  // past the end
+            chunk(1, 4, 10, b""),                      // empty, in the middle
+            chunk(1, 0, MAX_SNAPSHOT_BYTES + 1, b"x"), // too large
+        ];
+        for c in refused {
+            let what = format!("{} +{} of {}", c.offset, c.data.len(), c.total);
+            assert!(a.accept(1, c).is_err(), "{what} was taken");
+        }
+        assert!(a.accept(2, chunk(1, 4, 10, b"4567")).is_err(), "a middle chunk with no start is refused");
+        // The snapshot under way is intact: it completes as if nothing had come in between.
+        a.accept(1, chunk(1, 4, 10, b"4567")).unwrap();
+        assert_eq!(a.accept(1, chunk(1, 8, 10, b"89")).unwrap().unwrap().data, b"0123456789");
+    }
+
+    #[test]
+    fn a_chunk_at_offset_zero_starts_over() {
+        let mut a = SnapshotAssembler::default();
+        a.accept(1, chunk(1, 0, 6, b"abc")).unwrap();
+        a.accept(1, chunk(2, 0, 4, b"wx")).unwrap();
+        assert_eq!(a.accept(1, chunk(2, 2, 4, b"yz")).unwrap().unwrap().data, b"wxyz");
+        assert_eq!(a.accept(1, chunk(3, 0, 0, b"")).unwrap().unwrap().data, b"", "an empty snapshot is whole at once");
     }
 }

@@ -26,7 +26,9 @@ use rampart_membership_net::Membership;
 
 use crate::cluster::{AdminError, AdminOp, Cluster, ClusterConfig, Member, META_GROUP};
 use crate::config::{Bootstrap, NodeConfig};
-use crate::network::{CallError, Envelope, GroupNetwork, Peers, RaftOp, Reply, SnapshotRpc, MAX_BODY};
+use crate::network::{
+    CallError, Envelope, GroupNetwork, Peers, RaftOp, Reply, SnapshotAssembler, SnapshotChunk, MAX_BODY,
+};
 use crate::store::{StateMachine, Store};
 use crate::types::{raft_id, Command, GroupId, Op, OpOutcome, PeerNode, RaftId, TypeConfig};
 use rampart_trading::{HoldState, Item, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Sku};
@@ -104,6 +106,8 @@ pub struct Node {
     pub(crate) dead_since: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
     pub proposed: Arc<ProposeStats>,
+    /// Snapshots being received, chunk by chunk.
+    pub snapshots_in: std::sync::Mutex<SnapshotAssembler>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -189,7 +193,7 @@ impl Node {
         let mut nodes: BTreeMap<RaftId, PeerNode> =
             cluster.config.addrs.iter().map(|(id, n)| (raft_id(id), n.clone())).collect();
         nodes.insert(me, this_addr);
-        let peers = Peers::new(nodes);
+        let peers = Peers::new(nodes, config.snapshot_chunk_bytes);
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: "rampart".into(),
@@ -202,6 +206,8 @@ impl Node {
                 // none.
                 enable_heartbeat: false,
                 heartbeat_min_interval: Some(config.heartbeat.as_millis() as u64 / 2),
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+                max_in_snapshot_log_to_keep: config.snapshot_logs / 5,
                 ..openraft::Config::default()
             }
             .validate()
@@ -228,6 +234,7 @@ impl Node {
             admin_lock: tokio::sync::Mutex::new(()),
             dead_since: tokio::sync::Mutex::new(BTreeMap::new()),
             proposed: Arc::default(),
+            snapshots_in: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         // The metadata group first: its stored configuration (newer than the founding one after a change)
@@ -745,17 +752,28 @@ async fn raft_message(node: &Node, message: Envelope) -> Reply {
     bytes.map(Bytes::from).map_err(|e| e.to_string())
 }
 
+/// One chunk of a snapshot: kept until the snapshot is whole, which is then installed.
 async fn snapshot_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>, body: Bytes) -> Response {
+    let chunk = match postcard::from_bytes::<SnapshotChunk>(&body) {
+        Ok(chunk) => chunk,
+        Err(e) => return bad_request(e),
+    };
     let Some(raft) = node.group(group) else {
         return postcard_response(&Err::<(), String>(format!("partition {group} is not hosted here")));
     };
-    match postcard::from_bytes::<SnapshotRpc>(&body) {
-        Ok(rpc) => {
-            let snapshot = Snapshot { meta: rpc.meta, snapshot: Cursor::new(rpc.data) };
-            postcard_response(&raft.install_full_snapshot(rpc.vote, snapshot).await.map_err(|e| e.to_string()))
+    let whole = match node.snapshots_in.lock() {
+        Ok(mut assembler) => assembler.accept(group, chunk),
+        Err(_) => Err("the snapshot assembler is poisoned".into()),
+    };
+    let answer = match whole {
+        Ok(Some(whole)) => {
+            let snapshot = Snapshot { meta: whole.meta, snapshot: Cursor::new(whole.data) };
+            raft.install_full_snapshot(whole.vote, snapshot).await.map(Some).map_err(|e| e.to_string())
         }
-        Err(e) => bad_request(e),
-    }
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    postcard_response(&answer)
 }
 
 async fn forwarded(State(node): State<Arc<Node>>, Path(group): Path<GroupId>, body: Bytes) -> Response {

@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// rebuilt on the others (default 60000).
     #[arg(long, env = "RAMPART_REPLACE_AFTER_MS")]
     replace_after_ms: Option<u64>,
+    /// A partition snapshots its state after this many log entries since its last snapshot and purges its log
+    /// behind it (10 to 10000000, default 5000).
+    #[arg(long, env = "RAMPART_SNAPSHOT_LOGS")]
+    snapshot_logs: Option<u64>,
+    /// Snapshots travel to a replica in chunks of this many bytes (1024 to 33554432, default 1048576).
+    #[arg(long, env = "RAMPART_SNAPSHOT_CHUNK_BYTES")]
+    snapshot_chunk_bytes: Option<u64>,
     /// A TOML settings file.
     #[arg(long, env = "RAMPART_CONFIG")]
     config: Option<PathBuf>,
@@ -83,6 +90,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         payment_deadline_ms: args.payment_deadline_ms,
         idempotency_retention_ms: args.idempotency_retention_ms,
         replace_after_ms: args.replace_after_ms,
+        snapshot_logs: args.snapshot_logs,
+        snapshot_chunk_bytes: args.snapshot_chunk_bytes,
     };
     let config = NodeConfig::from_raw(flags.or(file))?;
     // Logs to stderr: RAMPART_LOG=error|warn|info|debug|trace (info by default).

@@ -185,7 +185,9 @@ fn a_node_behind_the_purged_log_catches_up_from_a_chunked_snapshot() {
         cluster.start(i);
     }
     cluster.wait_ready(Duration::from_secs(20));
-    let value = |k: usize| format!("v{k}-{}", "x".repeat(100));
+    fn value(k: usize) -> String {
+        format!("v{k}-{}", "x".repeat(100))
+    }
     for k in 0..10 {
         assert!(put(&cluster, 0, &format!("k{k}"), &value(k)), "k{k} acknowledged");
     }
@@ -195,10 +197,25 @@ fn a_node_behind_the_purged_log_catches_up_from_a_chunked_snapshot() {
         assert!(put(&cluster, k % 2, &format!("k{k}"), &value(k)), "k{k} acknowledged");
     }
     let applied = r#"rampart_raft_last_applied_index{partition="0"}"#;
-    let target = metric(&cluster, 0, applied).max(metric(&cluster, 1, applied));
-    assert!(target >= 250, "the survivors applied every write: {target}");
+    assert!(metric(&cluster, 0, applied).max(metric(&cluster, 1, applied)) >= 250, "the survivors applied every write");
+    // n2 comes back while writes go on: it catches up under load.
+    let survivors = [cluster.http_addr(0), cluster.http_addr(1)];
+    let writer = std::thread::spawn(move || {
+        for k in 250..400 {
+            let body = format!(r#"{{"value":"{}"}}"#, value(k));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut attempt = 0;
+            while !matches!(http("PUT", survivors[attempt % 2], &format!("/v1/kv/k{k}"), Some(&body)), Some((200, _))) {
+                assert!(Instant::now() < deadline, "k{k} not acknowledged while n2 caught up");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
     cluster.start(2);
     cluster.wait_ready(Duration::from_secs(20));
+    writer.join().expect("every write during the catch-up was acknowledged");
+    let target = metric(&cluster, 0, applied).max(metric(&cluster, 1, applied));
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&cluster, 2, applied) < target {
         assert!(Instant::now() < deadline, "n2 did not catch up to {target}: {}", metric(&cluster, 2, applied));
@@ -216,7 +233,7 @@ fn a_node_behind_the_purged_log_catches_up_from_a_chunked_snapshot() {
     let mut child = child;
     assert!(child.wait().expect("n2 stops").success(), "n2 exits cleanly on SIGTERM");
     let store = rampart_node::store::Store::open(&cluster.dir.path().join("n2").join("rampart.redb")).expect("opens");
-    for k in 0..250 {
+    for k in 0..400 {
         assert_eq!(store.get(0, &format!("k{k}")).expect("reads"), Some(value(k)), "n2 holds k{k}");
     }
 }

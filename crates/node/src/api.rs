@@ -195,7 +195,7 @@ fn admin_answer(r: Result<crate::cluster::ClusterConfig, crate::cluster::AdminEr
         }))
         .into_response(),
         Err(AdminError::UnknownNode(id)) => error(StatusCode::NOT_FOUND, "unknown_node", format!("no node {id}")),
-        Err(e @ (AdminError::TooFew(_) | AdminError::Founder(_) | AdminError::IdInUse(_))) => {
+        Err(e @ (AdminError::TooFew(_) | AdminError::IdInUse(_))) => {
             error(StatusCode::CONFLICT, "refused", e.to_string())
         }
         Err(AdminError::Invalid(m)) => error(StatusCode::BAD_REQUEST, "invalid_request", m),

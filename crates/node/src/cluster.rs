@@ -74,8 +74,6 @@ pub enum AdminError {
     UnknownNode(String),
     #[error("removing {0} would leave fewer nodes than replicas per partition")]
     TooFew(String),
-    #[error("a founding node (it runs the metadata group) cannot be removed yet: {0}")]
-    Founder(String),
     #[error("{0} is a member at another peer address; decommission it first")]
     IdInUse(String),
     #[error("{0}")]
@@ -146,9 +144,6 @@ impl ClusterConfig {
             AdminOp::Remove { id } => {
                 if !members.iter().any(|m| &m.id == id) {
                     return Err(AdminError::UnknownNode(id.clone()));
-                }
-                if self.meta_members().contains(id) {
-                    return Err(AdminError::Founder(id.clone()));
                 }
                 if members.len() <= self.replicas as usize {
                     return Err(AdminError::TooFew(id.clone()));
@@ -310,8 +305,8 @@ impl Node {
     }
 
     /// On the metadata group's leader: decommissions a member that membership has declared dead for longer than
-    /// `--replace-after-ms`, so its replicas are rebuilt on the others. Founders (they run the metadata group)
-    /// are left alone.
+    /// `--replace-after-ms`, so its replicas are rebuilt on the others. A founder is decommissioned the same way
+    /// (its partitions' replicas move); the metadata group stays on the founders and runs on those alive.
     async fn replace_dead(&self, cluster: &Cluster) {
         let leads_meta =
             self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
@@ -321,10 +316,9 @@ impl Node {
             return;
         }
         let seen = self.membership.members();
-        let founders = cluster.config.meta_members();
         let now = std::time::Instant::now();
         let mut due = Vec::new();
-        for m in cluster.config.members().iter().filter(|m| !founders.contains(&m.id) && m.id != self.config.id) {
+        for m in cluster.config.members().iter().filter(|m| m.id != self.config.id) {
             let dead = seen.iter().any(|(info, _)| info.id == m.id && info.state == rampart_membership::State::Dead);
             if !dead {
                 dead_since.remove(&m.id);
@@ -334,6 +328,11 @@ impl Node {
             if now.duration_since(since) >= self.config.replace_after {
                 due.push(m.id.clone());
             }
+        }
+        // With no node to spare (as many members as replicas) there is nowhere to rebuild: the partitions run on
+        // the replicas left until the node returns or one is added.
+        if cluster.config.members().len() <= cluster.config.replicas as usize {
+            due.clear();
         }
         drop(dead_since);
         for id in due {

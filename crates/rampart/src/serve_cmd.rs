@@ -50,7 +50,7 @@ pub struct ServeArgs {
     /// How long an idempotency key is remembered, in ms (default 86400000: a day).
     #[arg(long, env = "RAMPART_IDEMPOTENCY_RETENTION_MS")]
     idempotency_retention_ms: Option<u64>,
-    /// A member (other than a founder) declared dead for this many ms is decommissioned and its replicas
+    /// A member declared dead for this many ms is decommissioned and its replicas
     /// rebuilt on the others (default 60000).
     #[arg(long, env = "RAMPART_REPLACE_AFTER_MS")]
     replace_after_ms: Option<u64>,

@@ -1,7 +1,8 @@
 //! Real processes: a 3-node cluster gains a 4th node (`--join`), loses it again (`DELETE /v1/cluster/nodes/n3`),
-//! gains it back (`POST /v1/cluster/nodes`), then the 4th node is killed and, once declared dead for the
-//! replacement delay, its replicas are rebuilt on the others. Only the replicas the ring names move, the voters
-//! of every partition end up as the placement says, and every acknowledged write stays readable.
+//! gains it back (`POST /v1/cluster/nodes`), then a founding node is killed and, once declared dead for the
+//! replacement delay, its replicas are rebuilt on the others while the metadata group runs on the two founders
+//! left, and it comes back holding none. Only the replicas the ring names move, the voters of every partition end up as the placement says, and
+//! every acknowledged write stays readable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -59,10 +60,10 @@ fn view(i: usize) -> Option<serde_json::Value> {
 
 /// Waits until configuration `epoch` is in force and, for every partition, some replica sees its voters equal to
 /// the placement's replicas with a leader; returns each partition's replica set.
-fn settled(nodes: usize, epoch: u64) -> Vec<BTreeSet<String>> {
+fn settled(nodes: &[usize], epoch: u64) -> Vec<BTreeSet<String>> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let views: Vec<serde_json::Value> = (0..nodes).filter_map(view).collect();
+        let views: Vec<serde_json::Value> = nodes.iter().copied().filter_map(view).collect();
         let mut sets: Vec<Option<BTreeSet<String>>> = vec![None; PARTITIONS];
         for v in views.iter().filter(|v| v["config_epoch"] == epoch) {
             for p in v["partitions"].as_array().into_iter().flatten() {
@@ -116,14 +117,14 @@ fn all_readable(via: usize, written: &BTreeMap<String, String>) {
 }
 
 #[test]
-fn a_fourth_node_joins_leaves_and_is_rebuilt_elsewhere_when_dead() {
+fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     let mut nodes = Nodes { dir: tempfile::tempdir().expect("temp dir"), children: Vec::new() };
     let initial: Vec<String> = (0..3).map(|i| format!("n{i}={}", peer(i))).collect();
     let initial = initial.join(",");
     for i in 0..3 {
         nodes.start(i, &["--initial-cluster", &initial]);
     }
-    let before = settled(3, 0);
+    let before = settled(&[0, 1, 2], 0);
     let mut written = BTreeMap::new();
     for k in 0..60 {
         let (key, value) = (format!("grow-{k}"), format!("v{k}"));
@@ -132,7 +133,7 @@ fn a_fourth_node_joins_leaves_and_is_rebuilt_elsewhere_when_dead() {
     }
 
     nodes.start(3, &["--join", &peer(0)]);
-    let grown = settled(4, 1);
+    let grown = settled(&[0, 1, 2, 3], 1);
     let mut gained = 0;
     for (p, (old, new)) in before.iter().zip(&grown).enumerate() {
         if old != new {
@@ -152,7 +153,7 @@ fn a_fourth_node_joins_leaves_and_is_rebuilt_elsewhere_when_dead() {
 
     let (status, body) = http("DELETE", http_addr(1), "/v1/cluster/nodes/n3", None).expect("node answers");
     assert_eq!(status, 200, "{body}");
-    let shrunk = settled(3, 2);
+    let shrunk = settled(&[0, 1, 2], 2);
     for (p, (old, new)) in grown.iter().zip(&shrunk).enumerate() {
         assert!(!new.contains("n3"), "partition {p} still on n3: {new:?}");
         if old != new {
@@ -164,31 +165,47 @@ fn a_fourth_node_joins_leaves_and_is_rebuilt_elsewhere_when_dead() {
     let v = view(0).expect("n0 answers");
     let n3 = v["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == "n3").cloned()).expect("n3 listed");
     assert_eq!(n3["state"], "left");
-    // Removing a founder (it runs the metadata group) or an unknown node is refused, and changes nothing.
-    assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n1", None).map(|r| r.0), Some(409));
+    // Removing an unknown node, or one that would leave fewer nodes than replicas, is refused and changes nothing.
     assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n9", None).map(|r| r.0), Some(404));
+    assert_eq!(http("DELETE", http_addr(0), "/v1/cluster/nodes/n1", None).map(|r| r.0), Some(409));
     // Regression: a member's id re-announced at another address would hand its Raft identity (and votes) to a
     // process that has none of them.
     let impostor = r#"{"id":"n1","peer":"127.0.0.1:1","http":"127.0.0.1:2"}"#;
     assert_eq!(http("POST", http_addr(0), "/v1/cluster/nodes", Some(impostor)).map(|r| r.0), Some(409));
     assert_eq!(view(0).expect("n0 answers")["config_epoch"], 2);
 
-    // n3 is added back through the API, then killed: once membership has declared it dead for the replacement
-    // delay (2 s here), the metadata leader decommissions it and its replicas are rebuilt on the survivors.
+    // n3 is added back through the API; then founder n2 is killed: once membership has declared it dead for the
+    // replacement delay (2 s here), the metadata leader (n0 or n1: the metadata group runs on two of its three)
+    // decommissions it and its replicas are rebuilt on the survivors, n3 among them.
     let add = format!(r#"{{"id":"n3","peer":"{}","http":"{}"}}"#, peer(3), http_addr(3));
     let (status, body) = http("POST", http_addr(2), "/v1/cluster/nodes", Some(&add)).expect("node answers");
     assert_eq!(status, 200, "{body}");
-    let regrown = settled(4, 3);
+    let regrown = settled(&[0, 1, 2, 3], 3);
     assert!(regrown.iter().any(|r| r.contains("n3")), "{regrown:?}");
-    let mut n3 = nodes.children.pop().expect("n3 runs");
-    n3.kill().expect("SIGKILL");
-    n3.wait().expect("reaped");
-    let healed = settled(3, 4);
+    let n2 = &mut nodes.children[2];
+    n2.kill().expect("SIGKILL");
+    n2.wait().expect("reaped");
+    let healed = settled(&[0, 1, 3], 4);
     for (p, (old, new)) in regrown.iter().zip(&healed).enumerate() {
-        assert!(!new.contains("n3") && new.len() == 3, "partition {p} not rebuilt: {new:?}");
+        assert!(!new.contains("n2") && new.len() == 3, "partition {p} not rebuilt: {new:?}");
         if old != new {
-            assert!(old.contains("n3") && old.difference(new).count() == 1, "partition {p}: {old:?} -> {new:?}");
+            assert!(old.contains("n2") && old.difference(new).count() == 1, "partition {p}: {old:?} -> {new:?}");
         }
     }
-    all_readable(1, &written);
+    all_readable(3, &written);
+    // n2 comes back on its data: the metadata group has its three founders again, n2 holds no partition (what it
+    // held was dropped) and serves every key by forwarding.
+    nodes.start(2, &["--initial-cluster", &initial]);
+    assert_eq!(settled(&[0, 1, 2, 3], 4), healed);
+    let hosted = || -> Option<Vec<String>> {
+        let (_, metrics) = http("GET", http_addr(2), "/metrics", None)?;
+        Some(metrics.lines().filter(|l| l.starts_with("rampart_raft_term{")).map(str::to_owned).collect())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Only the metadata group (u32::MAX - 1) stays.
+    while hosted().is_none_or(|groups| groups.len() != 1 || !groups[0].contains("4294967294")) {
+        assert!(Instant::now() < deadline, "n2 still hosts partitions it left: {:?}", hosted());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    all_readable(2, &written);
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What a 3-node, 64-partition cluster costs: CPU of the idle nodes, then kv writes and hot-SKU orders at 64 clients.
-# usage: bench/node-cost.sh [IDLE_SECONDS] [LOAD_SECONDS]     (RAMPART_BIN=path measures another build)
+# What a 3-node cluster (64 partitions unless PARTITIONS says otherwise) costs: CPU of the idle nodes, then kv writes and hot-SKU orders at 64 clients.
+# usage: bench/node-cost.sh [IDLE_SECONDS] [LOAD_SECONDS]
+#   RAMPART_BIN=path measures another build; PARTITIONS=n another partition count (64 by default).
 # Idle CPU is the nodes' user+system clock ticks (/proc/PID/stat; 100 ticks = one core busy for a second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep
 trap cleanup EXIT
 
 ticks() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
-start_rampart
+start_rampart --partitions "${PARTITIONS:-64}"
 sleep 3
 t0=$(ticks); sleep "$idle"; t1=$(ticks)
 echo "idle: $((t1 - t0)) ticks in ${idle} s over 3 nodes ($(( (t1 - t0) / (3 * idle) ))% of a core per node)"

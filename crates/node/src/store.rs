@@ -6,18 +6,23 @@
 //!
 //! **Group commit:** all partitions share one writer thread. It takes every write waiting in its queue (up to
 //! [`BATCH_MAX`]), applies them in one transaction and commits once, so one fsync covers many groups' appends
-//! and votes; then it wakes every waiter. Every commit is fsync'd: mixing redb's non-durable commits in was
-//! measured to cause occasional stalls of tens of milliseconds (a probe of alternating commits: max 88 ms,
-//! against 2 ms for fsync'd commits only), so it is not done. A failed commit fails every write in that batch (nothing of
-//! it is visible), and openraft stops the group rather than run on a log it cannot trust.
+//! and votes; then it wakes every waiter. A batch holding only state-machine applies and committed indexes
+//! commits without an fsync (`Flush::Lazy`): the entries are durable in the log, and a crash rolls the database
+//! back to its last fsync'd commit, from which openraft re-applies. A failed commit fails every write in that
+//! batch (nothing of it is visible), and openraft stops the group rather than run on a log it cannot trust.
 //!
-//! **Integrity:** every stored value carries a CRC-32 of its bytes; a value that fails it is reported as
-//! corrupt (an `InvalidData` error naming the group and key), never decoded.
+//! **Snapshots** live in files of their own (`snapshots/` beside the database), written and fsync'd outside the
+//! writer thread, so a partition's large snapshot never holds up every partition's commits; the database records
+//! which file is a group's current snapshot, in an fsync'd commit (which also makes every earlier apply durable).
+//! Files no record names are deleted at start.
+//!
+//! **Integrity:** every stored value and snapshot file carries a CRC-32 of its bytes; one that fails it is
+//! reported as corrupt (an `InvalidData` error naming the group and key, or the file), never decoded.
 
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
@@ -110,6 +115,9 @@ pub struct Store {
     shards: std::sync::Mutex<std::collections::BTreeMap<GroupId, Arc<std::sync::Mutex<Shard>>>>,
     writer: Option<std_mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Snapshot files: written and fsync'd outside the writer thread, so a large snapshot never holds up
+    /// the group commit every partition shares.
+    snapshots: PathBuf,
     /// Commits done and writes they carried, durable commits among them (for `/metrics`).
     pub stats: Arc<StoreStats>,
 }
@@ -152,7 +160,63 @@ impl Store {
             let stats = stats.clone();
             move || write_loop(&writer_db, &rx, &stats)
         })?;
-        Ok(Arc::new(Store { db, shards: Default::default(), writer: Some(tx), thread: Some(thread), stats }))
+        let snapshots = path.with_file_name("snapshots");
+        std::fs::create_dir_all(&snapshots)?;
+        let store = Store { db, shards: Default::default(), writer: Some(tx), thread: Some(thread), snapshots, stats };
+        store.remove_orphan_snapshots()?;
+        Ok(Arc::new(store))
+    }
+
+    /// Deletes snapshot files no group refers to (a crash between writing a file and recording it, or between
+    /// replacing a snapshot and deleting the old file).
+    fn remove_orphan_snapshots(&self) -> io::Result<()> {
+        let txn = self.db.begin_read().map_err(other)?;
+        let meta = txn.open_table(META).map_err(other)?;
+        let mut referred = std::collections::BTreeSet::new();
+        for item in meta.iter().map_err(other)? {
+            let (k, v) = item.map_err(other)?;
+            let (group, key) = k.value();
+            if key == SNAPSHOT_KEY {
+                referred.insert(decode::<SnapshotRef>(v.value(), &|| format!("group {group} snapshot"))?.file);
+            }
+        }
+        for entry in std::fs::read_dir(&self.snapshots)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !referred.contains(&name) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot's bytes (sealed with a CRC) to a new file, durably: the file and the directory are
+    /// fsync'd before the name is returned. Blocking: call it off the async runtime.
+    fn write_snapshot_file(&self, group: GroupId, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<String> {
+        use std::io::Write as _;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let index = meta.last_log_id.map_or(0, |l| l.index());
+        let name = format!("g{group}-{index}-{nanos}.snap");
+        let tmp = self.snapshots.join(format!("{name}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&seal(data))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.snapshots.join(&name))?;
+        std::fs::File::open(&self.snapshots)?.sync_all()?;
+        Ok(name)
+    }
+
+    /// A snapshot file's bytes, checked against their CRC.
+    fn read_snapshot_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        let bytes = std::fs::read(self.snapshots.join(name))?;
+        unseal(&bytes, &|| format!("snapshot file {name}")).map(<[u8]>::to_vec)
+    }
+
+    /// Deletes a snapshot file no longer referred to (what is left behind is removed at the next start).
+    fn remove_snapshot_file(&self, name: &str) {
+        if let Err(e) = std::fs::remove_file(self.snapshots.join(name)) {
+            tracing::warn!("snapshot file {name}: {e}");
+        }
     }
 
     /// Runs `write` in the next group commit and waits until it is durable.
@@ -254,13 +318,18 @@ impl Store {
         if let Ok(mut shards) = self.shards.lock() {
             shards.remove(&group);
         }
+        let snapshot: Option<SnapshotRef> = self.read_meta(group, SNAPSHOT_KEY)?;
         self.write(Box::new(move |txn| {
             delete_entries(txn, group, 0, u64::MAX)?;
             clear_named_rows(txn, META, group)?;
             clear_named_rows(txn, KV, group)?;
             replace_trade_rows(txn, group, &[])
         }))
-        .await
+        .await?;
+        if let Some(s) = snapshot {
+            self.remove_snapshot_file(&s.file);
+        }
+        Ok(())
     }
 
     /// Reads one key of a group's state machine (the caller ensures the read is linearizable).
@@ -531,11 +600,15 @@ struct SnapshotBlob {
     trade: Vec<Row>,
 }
 
+/// A group's current snapshot: its metadata in the database (meta key [`SNAPSHOT_KEY`]), its bytes in a file of
+/// their own under the `snapshots` directory beside the database.
 #[derive(Debug, Serialize, Deserialize)]
-struct StoredSnapshot {
+struct SnapshotRef {
     meta: SnapshotMetaOf<C>,
-    data: Vec<u8>,
+    file: String,
 }
+
+const SNAPSHOT_KEY: &str = "snapshot-file";
 
 /// One partition's state machine.
 #[derive(Clone, Debug)]
@@ -559,10 +632,12 @@ impl RaftSnapshotBuilder<C> for StateMachine {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
-        let group = self.group;
-        // One read transaction: the contents, applied index and membership are of the same moment.
-        let (blob, applied, membership) = {
-            let txn = self.store.db.begin_read().map_err(other)?;
+        let (store, group) = (self.store.clone(), self.group);
+        // Reading the state, encoding it and writing its file take a while for a large partition: off the async
+        // runtime, and outside the shared writer (only the small record of the snapshot goes through it).
+        let (meta, data, file) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            // One read transaction: the contents, applied index and membership are of the same moment.
+            let txn = store.db.begin_read().map_err(other)?;
             let kv_table = txn.open_table(KV).map_err(other)?;
             let mut kv = Vec::new();
             for item in kv_table.range((group, "")..).map_err(other)? {
@@ -574,9 +649,9 @@ impl RaftSnapshotBuilder<C> for StateMachine {
                 kv.push((key.to_owned(), decode::<String>(v.value(), &|| format!("group {g} key {key}"))?));
             }
             let trade = trade_rows(&txn.open_table(TRADE).map_err(other)?, group)?;
-            let meta = txn.open_table(META).map_err(other)?;
+            let meta_table = txn.open_table(META).map_err(other)?;
             let read = |key: &str| -> io::Result<Option<Vec<u8>>> {
-                Ok(meta.get((group, key)).map_err(other)?.map(|v| v.value().to_vec()))
+                Ok(meta_table.get((group, key)).map_err(other)?.map(|v| v.value().to_vec()))
             };
             let applied: Option<LogIdOf<C>> = match read("applied")? {
                 Some(b) => decode::<Option<LogIdOf<C>>>(&b, &|| format!("group {group} applied"))?,
@@ -586,28 +661,44 @@ impl RaftSnapshotBuilder<C> for StateMachine {
                 Some(b) => decode(&b, &|| format!("group {group} membership"))?,
                 None => StoredMembership::default(),
             };
-            (SnapshotBlob { kv, trade }, applied, membership)
-        };
-        let data = postcard::to_allocvec(&blob).map_err(other)?;
-        let meta = SnapshotMetaOf::<C> { last_log_id: applied, last_membership: membership };
-        let stored = encode(&StoredSnapshot { meta: meta.clone(), data: data.clone() })?;
+            let data = postcard::to_allocvec(&SnapshotBlob { kv, trade }).map_err(other)?;
+            let meta = SnapshotMetaOf::<C> { last_log_id: applied, last_membership: membership };
+            let file = store.write_snapshot_file(group, &meta, &data)?;
+            Ok((meta, data, file))
+        })
+        .await
+        .map_err(other)??;
+        let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
         let built_at = meta.last_log_id;
-        self.store
-            .write(Box::new(move |txn| {
-                let mut table = txn.open_table(META).map_err(other)?;
-                // Built in the background: a snapshot installed meanwhile may be newer, and must not be replaced.
-                let current = match table.get((group, "snapshot")).map_err(other)? {
-                    Some(v) => {
-                        decode::<StoredSnapshot>(v.value(), &|| format!("group {group} snapshot"))?.meta.last_log_id
-                    }
-                    None => None,
-                };
-                if built_at > current {
-                    table.insert((group, "snapshot"), stored.as_slice()).map_err(other)?;
+        // The file that ends up referred to by nothing: the one replaced, or this one if a newer snapshot was
+        // installed meanwhile (built in the background, this one must not replace it).
+        let obsolete = Arc::new(std::sync::Mutex::new(None));
+        let recorded = self
+            .store
+            .write(Box::new({
+                let obsolete = obsolete.clone();
+                move |txn| {
+                    let mut table = txn.open_table(META).map_err(other)?;
+                    let current = match table.get((group, SNAPSHOT_KEY)).map_err(other)? {
+                        Some(v) => Some(decode::<SnapshotRef>(v.value(), &|| format!("group {group} snapshot"))?),
+                        None => None,
+                    };
+                    let unused = if built_at > current.as_ref().and_then(|c| c.meta.last_log_id) {
+                        table.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;
+                        current.map(|c| c.file)
+                    } else {
+                        Some(file)
+                    };
+                    *obsolete.lock().map_err(other)? = unused;
+                    Ok(())
                 }
-                Ok(())
             }))
-            .await?;
+            .await;
+        let unused = obsolete.lock().map_err(other)?.take();
+        if let Some(name) = unused {
+            self.store.remove_snapshot_file(&name);
+        }
+        recorded?;
         Ok(SnapshotOf::<C, Self::SnapshotData> { meta, snapshot: Cursor::new(data) })
     }
 }
@@ -738,7 +829,6 @@ impl RaftStateMachine<C> for StateMachine {
         let group = self.group;
         let applied = encode(&meta.last_log_id)?;
         let membership = encode(&meta.last_membership)?;
-        let stored = encode(&StoredSnapshot { meta: meta.clone(), data })?;
         let rows: Vec<(String, Vec<u8>)> =
             blob.kv.iter().map(|(k, v)| Ok((k.clone(), encode(v)?))).collect::<io::Result<_>>()?;
         let trade_rows: Vec<(Vec<u8>, Vec<u8>)> = blob
@@ -747,27 +837,59 @@ impl RaftStateMachine<C> for StateMachine {
             .map(|r| Ok((postcard::to_allocvec(&r.key()).map_err(other)?, encode(r)?)))
             .collect::<io::Result<_>>()?;
         let shard = Shard::restore(group, blob.trade).map_err(|e| invalid(format!("snapshot of {group}: {e}")))?;
-        self.store
-            .write(Box::new(move |txn| {
-                clear_named_rows(txn, KV, group)?;
-                let mut kv = txn.open_table(KV).map_err(other)?;
-                for (key, value) in &rows {
-                    kv.insert((group, key.as_str()), value.as_slice()).map_err(other)?;
+        // Checked whole before anything is written; then its file, then its rows and record in one transaction.
+        let (store, file_meta) = (self.store.clone(), meta.clone());
+        let file = tokio::task::spawn_blocking(move || store.write_snapshot_file(group, &file_meta, &data))
+            .await
+            .map_err(other)??;
+        let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
+        let replaced = Arc::new(std::sync::Mutex::new(None));
+        let installed = self
+            .store
+            .write(Box::new({
+                let replaced = replaced.clone();
+                move |txn| {
+                    clear_named_rows(txn, KV, group)?;
+                    let mut kv = txn.open_table(KV).map_err(other)?;
+                    for (key, value) in &rows {
+                        kv.insert((group, key.as_str()), value.as_slice()).map_err(other)?;
+                    }
+                    replace_trade_rows(txn, group, &trade_rows)?;
+                    let mut m = txn.open_table(META).map_err(other)?;
+                    if let Some(v) = m.get((group, SNAPSHOT_KEY)).map_err(other)? {
+                        let old = decode::<SnapshotRef>(v.value(), &|| format!("group {group} snapshot"))?;
+                        *replaced.lock().map_err(other)? = Some(old.file);
+                    }
+                    m.insert((group, "applied"), applied.as_slice()).map_err(other)?;
+                    m.insert((group, "membership"), membership.as_slice()).map_err(other)?;
+                    m.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;
+                    Ok(())
                 }
-                replace_trade_rows(txn, group, &trade_rows)?;
-                let mut m = txn.open_table(META).map_err(other)?;
-                m.insert((group, "applied"), applied.as_slice()).map_err(other)?;
-                m.insert((group, "membership"), membership.as_slice()).map_err(other)?;
-                m.insert((group, "snapshot"), stored.as_slice()).map_err(other)?;
-                Ok(())
             }))
-            .await?;
+            .await;
+        if let Err(e) = installed {
+            self.store.remove_snapshot_file(&file);
+            return Err(e);
+        }
+        if let Some(old) = replaced.lock().map_err(other)?.take() {
+            self.store.remove_snapshot_file(&old);
+        }
         *self.shard.lock().map_err(other)? = shard;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
-        let stored: Option<StoredSnapshot> = self.store.read_meta(self.group, "snapshot")?;
-        Ok(stored.map(|s| SnapshotOf::<C, Cursor<Vec<u8>>> { meta: s.meta, snapshot: Cursor::new(s.data) }))
+        // A snapshot recorded after the record was read may have replaced (and deleted) its file: read again.
+        for _ in 0..3 {
+            let Some(r) = self.store.read_meta::<SnapshotRef>(self.group, SNAPSHOT_KEY)? else { return Ok(None) };
+            match self.store.read_snapshot_file(&r.file) {
+                Ok(data) => {
+                    return Ok(Some(SnapshotOf::<C, Cursor<Vec<u8>>> { meta: r.meta, snapshot: Cursor::new(data) }))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(format!("group {}: the snapshot file keeps being replaced", self.group)))
     }
 }

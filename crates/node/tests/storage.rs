@@ -83,3 +83,55 @@ fn a_corrupted_value_is_reported_not_returned() {
         assert!(err.to_string().contains("group 1 vote"), "{err}");
     });
 }
+
+#[test]
+fn a_snapshot_lives_in_its_own_file_checked_and_unreferred_files_go() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("rampart.redb");
+    let snapshots = dir.path().join("snapshots");
+    let files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&snapshots)
+            .expect("snapshot directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    runtime().block_on(async {
+        let store = Store::open(&path).expect("open");
+        let mut sm = store.state_machine(3).expect("state machine");
+        // An empty state at log index 5, installed as a leader would send it.
+        let empty = sm.build_snapshot().await.expect("build").snapshot.into_inner();
+        assert!(files().is_empty(), "a snapshot of nothing applied is not kept");
+        let meta = openraft::type_config::alias::SnapshotMetaOf::<TypeConfig> {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5)),
+            ..Default::default()
+        };
+        sm.install_snapshot(&meta, std::io::Cursor::new(empty.clone())).await.expect("install");
+        assert_eq!(files().len(), 1);
+        let rebuilt = sm.build_snapshot().await.expect("build again");
+        assert_eq!(rebuilt.meta.last_log_id, meta.last_log_id);
+        assert_eq!(files().len(), 1, "one file per group: a snapshot no newer than the current one is not kept");
+        let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(current.meta.last_log_id, meta.last_log_id);
+        assert_eq!(current.snapshot.into_inner(), empty);
+    });
+    // A file nobody refers to (a crash between writing and recording it) is removed at the next start.
+    std::fs::write(snapshots.join("g3-9-1.snap"), b"left over").expect("write");
+    std::fs::write(snapshots.join("g3-9-2.snap.tmp"), b"torn").expect("write");
+    let kept = files().into_iter().filter(|n| !n.starts_with("g3-9-")).collect::<Vec<_>>();
+    runtime().block_on(async {
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(files(), kept, "only the recorded snapshot is left");
+        // A damaged snapshot file is reported, never handed to a replica.
+        let file = snapshots.join(&kept[0]);
+        let mut bytes = std::fs::read(&file).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, &bytes).expect("write");
+        let err = store.state_machine(3).expect("sm").get_current_snapshot().await.expect_err("corrupt");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("snapshot file"), "{err}");
+    });
+}

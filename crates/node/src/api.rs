@@ -36,6 +36,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/kv/{key}", get(kv_get).put(kv_put))
         .merge(crate::trade_api::routes())
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), timed))
         .layer(DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(node)
 }
@@ -203,12 +204,29 @@ fn admin_answer(r: Result<crate::cluster::ClusterConfig, crate::cluster::AdminEr
     }
 }
 
+/// Records how long each request took, under its route template.
+async fn timed(
+    State(node): State<Arc<Node>>,
+    route: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    node.latency.record(method.as_str(), route.as_str(), started.elapsed());
+    response
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let mut out = String::new();
     let _ = writeln!(out, "# TYPE rampart_raft_term gauge");
     let _ = writeln!(out, "# TYPE rampart_raft_last_log_index gauge");
+    let _ = writeln!(out, "# TYPE rampart_raft_committed_index gauge");
     let _ = writeln!(out, "# TYPE rampart_raft_last_applied_index gauge");
     let _ = writeln!(out, "# TYPE rampart_raft_is_leader gauge");
+    let _ = writeln!(out, "# TYPE rampart_raft_leader_changes_total counter");
+    let leader_changes = node.leader_changes();
     for (g, raft) in &node.hosted() {
         let m = raft.metrics().borrow_watched().clone();
         let _ = writeln!(out, "rampart_raft_term{{partition=\"{g}\"}} {}", m.current_term);
@@ -220,7 +238,15 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         );
         let _ =
             writeln!(out, "rampart_raft_is_leader{{partition=\"{g}\"}} {}", u8::from(m.state == ServerState::Leader));
+        let _ = writeln!(
+            out,
+            "rampart_raft_committed_index{{partition=\"{g}\"}} {}",
+            m.local_committed.map_or(0, |l| l.index)
+        );
+        let changes = leader_changes.get(g).copied().unwrap_or(0);
+        let _ = writeln!(out, "rampart_raft_leader_changes_total{{partition=\"{g}\"}} {changes}");
     }
+    node.latency.render(&mut out);
     use std::sync::atomic::Ordering::Relaxed;
     let stats = &node.store.stats;
     let (snapshot_chunks, snapshots) = node.snapshots_in.lock().map(|a| (a.chunks, a.completed)).unwrap_or_default();

@@ -15,6 +15,7 @@ pub mod config;
 pub mod network;
 pub mod node;
 pub mod store;
+pub mod telemetry;
 pub mod trade_api;
 pub mod types;
 

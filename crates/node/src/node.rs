@@ -106,6 +106,8 @@ pub struct Node {
     pub(crate) dead_since: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
     pub proposed: Arc<ProposeStats>,
+    /// Latency of the HTTP API's requests (for `/metrics`).
+    pub latency: crate::telemetry::RequestLatency,
     /// Snapshots being received, chunk by chunk.
     pub snapshots_in: std::sync::Mutex<SnapshotAssembler>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -117,6 +119,9 @@ struct Hosted {
     raft: GroupRaft,
     proposer: mpsc::Sender<Proposal>,
     task: JoinHandle<()>,
+    /// Leaders this node has seen the group elect since it started hosting it (for `/metrics`).
+    leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    watcher: JoinHandle<()>,
 }
 
 /// What this node's proposers sent (for `/metrics`).
@@ -235,6 +240,7 @@ impl Node {
             dead_since: tokio::sync::Mutex::new(BTreeMap::new()),
             proposed: Arc::default(),
             snapshots_in: Default::default(),
+            latency: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         // The metadata group first: its stored configuration (newer than the founding one after a change)
@@ -307,8 +313,10 @@ impl Node {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         let task =
             tokio::spawn(propose_loop(raft.clone(), group, rx, self.config.payment_deadline, self.proposed.clone()));
+        let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let watcher = tokio::spawn(count_leader_changes(raft.clone(), leader_changes.clone()));
         if let Ok(mut groups) = self.groups.write() {
-            groups.insert(group, Hosted { raft, proposer: tx, task });
+            groups.insert(group, Hosted { raft, proposer: tx, task, leader_changes, watcher });
         }
         Ok(())
     }
@@ -319,6 +327,7 @@ impl Node {
         if let Some(h) = hosted {
             tracing::info!("partition {group}: no longer replicated here; dropping it");
             h.task.abort();
+            h.watcher.abort();
             let _ = h.raft.shutdown().await;
             if let Err(e) = self.store.drop_group(group).await {
                 tracing::error!("partition {group}: dropping its data: {e}");
@@ -334,6 +343,15 @@ impl Node {
     /// Every group this node runs.
     pub fn hosted(&self) -> Vec<(GroupId, GroupRaft)> {
         self.groups.read().map(|g| g.iter().map(|(id, h)| (*id, h.raft.clone())).collect()).unwrap_or_default()
+    }
+
+    /// Leaders seen elected in each group this node runs.
+    pub fn leader_changes(&self) -> BTreeMap<GroupId, u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.groups
+            .read()
+            .map(|g| g.iter().map(|(id, h)| (*id, h.leader_changes.load(Relaxed))).collect())
+            .unwrap_or_default()
     }
 
     fn proposer(&self, group: GroupId) -> Option<mpsc::Sender<Proposal>> {
@@ -633,6 +651,22 @@ async fn propose_loop(
 
 /// On every group this node leads: expires unpaid orders past their deadline and forgets idempotency records
 /// past their retention, as replicated commands.
+/// Counts the leaders a group elects, from its server metrics (which change only with the leader, state or
+/// membership, not with every entry). Ends when the group shuts down.
+async fn count_leader_changes(raft: GroupRaft, changes: Arc<std::sync::atomic::AtomicU64>) {
+    let mut server = raft.server_metrics();
+    let mut leader = server.borrow_watched().current_leader;
+    while server.changed().await.is_ok() {
+        let now = server.borrow_watched().current_leader;
+        if now.is_some() && now != leader {
+            changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if now.is_some() {
+            leader = now;
+        }
+    }
+}
+
 /// One heartbeat round per interval for every group this node leads, all at the same instant, so that each peer
 /// gets them in one batch (one request per peer per round, not one per group).
 async fn heartbeat_loop(node: std::sync::Weak<Node>) {

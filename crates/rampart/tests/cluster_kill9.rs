@@ -265,6 +265,18 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (status, metrics) = http("GET", a, "/metrics", None).expect("answer");
     assert_eq!(status, 200);
     assert!(metrics.contains("rampart_raft_term{partition="), "{metrics}");
+    assert!(metrics.contains("rampart_raft_committed_index{partition="), "{metrics}");
+    // Every partition elected a leader: this node saw at least one election.
+    let elections: u64 = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("rampart_raft_leader_changes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(elections >= 1, "{metrics}");
+    // The requests above, timed under their route template (the key is not a label).
+    let puts = r#"rampart_http_request_duration_seconds_count{method="PUT",route="/v1/kv/{key}"} "#;
+    let count = metrics.lines().find_map(|l| l.strip_prefix(puts)).and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(count, Some(5), "{metrics}");
 }
 
 #[test]

@@ -475,7 +475,59 @@ impl RaftNetworkFactory<C> for GroupNetwork {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::routing::post;
+
     use super::*;
+
+    /// A peer that answers each message of a batch with its body (a number) plus one, slowly, counting requests.
+    async fn peer(requests: Arc<AtomicUsize>) -> std::net::SocketAddr {
+        let app = axum::Router::new().route(
+            "/raft/batch",
+            post(move |body: Bytes| {
+                let requests = requests.clone();
+                async move {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let batch: Vec<Envelope> = postcard::from_bytes(&body).expect("a batch");
+                    let replies: Vec<Reply> = batch
+                        .iter()
+                        .map(|m| {
+                            let n: u32 = postcard::from_bytes(&m.body).map_err(|e| e.to_string())?;
+                            Ok(Bytes::from(postcard::to_allocvec(&(n + 1)).map_err(|e| e.to_string())?))
+                        })
+                        .collect();
+                    postcard::to_allocvec(&replies).expect("encode")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_sends_what_queued_together_and_answers_each_caller_its_own() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let addr = peer(requests.clone()).await;
+        let node = PeerNode { id: "p".into(), peer: addr.to_string(), http: String::new() };
+        let peers = Peers::new(BTreeMap::from([(1, node)]), 1024);
+        let calls = (0..200u32).map(|g| {
+            let peers = peers.clone();
+            async move { peers.raft_call::<u32, u32>(1, g, RaftOp::Vote, &(g * 7), Duration::from_secs(5)).await }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        for (g, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.expect("answered"), g as u32 * 7 + 1, "caller {g} got another's answer");
+        }
+        let n = requests.load(Ordering::Relaxed);
+        assert!(n <= 10, "200 messages raised together took {n} requests");
+        // A peer no table names fails at once, whatever is queued elsewhere.
+        let err = peers.raft_call::<u32, u32>(9, 0, RaftOp::Vote, &0, Duration::from_secs(5)).await.unwrap_err();
+        assert!(err.to_string().contains("no address known for node 9"), "{err}");
+    }
 
     fn chunk(term: u64, offset: u64, total: u64, data: &[u8]) -> SnapshotChunk {
         SnapshotChunk {

@@ -223,7 +223,15 @@ fn a_node_behind_the_purged_log_catches_up_from_a_chunked_snapshot() {
     }
     let snapshots = metric(&cluster, 2, "rampart_snapshots_received_total");
     let chunks = metric(&cluster, 2, "rampart_snapshot_chunks_received_total");
-    assert!(snapshots >= 1, "n2 caught up from a snapshot, not from the log");
+    let on = |i: usize, name: &str| metric(&cluster, i, &format!("rampart_raft_{name}_index{{partition=\"0\"}}"));
+    assert!(
+        snapshots >= 1,
+        "n2 caught up from a snapshot, not from the log (snapshot / purged on n0: {} / {}, n1: {} / {})",
+        on(0, "snapshot"),
+        on(0, "purged"),
+        on(1, "snapshot"),
+        on(1, "purged")
+    );
     assert!(chunks >= 20 * snapshots, "each snapshot (over 25 KB) came in 1 KiB chunks: {chunks} for {snapshots}");
     // What n2 holds on disk, read straight from its database once it stopped: every write, the missed ones too.
     // (After a SIGKILL the last applies may be only in the log, re-applied at start; a SIGTERM flushes them.)

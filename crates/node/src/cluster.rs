@@ -245,6 +245,13 @@ impl Node {
         let Some(next) = current.apply(&op)? else { return Ok(current) };
         let json = serde_json::to_string(&next).map_err(|e| AdminError::Invalid(e.to_string()))?;
         self.propose(META_GROUP, Op::SetConfig { epoch: next.epoch, json }).await?;
+        // An answer means committed, not yet stored here: the stored configuration is read once this replica has
+        // applied everything committed (a ReadIndex round waits for that).
+        let applied =
+            tokio::time::timeout(crate::node::READ_TIMEOUT, meta.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+        if !matches!(applied, Ok(Ok(_))) {
+            return Err(AdminError::Request(RequestError::Indeterminate(META_GROUP)));
+        }
         match self.stored_config()? {
             // This change itself, not another one that took the same epoch first.
             Some(c) if c == next => {

@@ -768,6 +768,15 @@ impl RaftStateMachine<C> for StateMachine {
         let group = self.group;
         let applied = encode(&Some(last))?;
         let membership = membership.map(|m| encode(&m)).transpose()?;
+        // The answers go out now, before the rows below are committed: the entries are committed in the Raft log
+        // (durable on a quorum), which is what an answer promises; a read waits for this apply to return (openraft's
+        // applied index), so no read misses what an answer reported. Should the commit fail, the group stops and a
+        // restart applies the entries again from the log.
+        for ((entry, responder), outcomes) in batch.into_iter().zip(results) {
+            if let Some(r) = responder {
+                r.send(CommandResult { index: entry.index(), outcomes });
+            }
+        }
         // The changes, `last_applied` and the membership in one transaction, committed without waiting for an
         // fsync of its own (see `Flush::Lazy`). Should it fail, the in-memory shard is ahead of the disk: the error
         // stops this group (openraft treats it as fatal) and a restart reloads the shard from the disk.
@@ -806,11 +815,6 @@ impl RaftStateMachine<C> for StateMachine {
                 Ok(())
             }))
             .await?;
-        for ((entry, responder), outcomes) in batch.into_iter().zip(results) {
-            if let Some(r) = responder {
-                r.send(CommandResult { index: entry.index(), outcomes });
-            }
-        }
         Ok(())
     }
 

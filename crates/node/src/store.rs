@@ -610,6 +610,17 @@ struct SnapshotRef {
 
 const SNAPSHOT_KEY: &str = "snapshot-file";
 
+/// A group's snapshot record, read inside a write transaction.
+fn snapshot_record(
+    table: &impl ReadableTable<(u32, &'static str), &'static [u8]>,
+    group: GroupId,
+) -> io::Result<Option<SnapshotRef>> {
+    match table.get((group, SNAPSHOT_KEY)).map_err(other)? {
+        Some(v) => decode(v.value(), &|| format!("group {group} snapshot")).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// One partition's state machine.
 #[derive(Clone, Debug)]
 pub struct StateMachine {
@@ -679,10 +690,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
                 let obsolete = obsolete.clone();
                 move |txn| {
                     let mut table = txn.open_table(META).map_err(other)?;
-                    let current = match table.get((group, SNAPSHOT_KEY)).map_err(other)? {
-                        Some(v) => Some(decode::<SnapshotRef>(v.value(), &|| format!("group {group} snapshot"))?),
-                        None => None,
-                    };
+                    let current = snapshot_record(&table, group)?;
                     let unused = if built_at > current.as_ref().and_then(|c| c.meta.last_log_id) {
                         table.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;
                         current.map(|c| c.file)
@@ -860,10 +868,7 @@ impl RaftStateMachine<C> for StateMachine {
                     }
                     replace_trade_rows(txn, group, &trade_rows)?;
                     let mut m = txn.open_table(META).map_err(other)?;
-                    if let Some(v) = m.get((group, SNAPSHOT_KEY)).map_err(other)? {
-                        let old = decode::<SnapshotRef>(v.value(), &|| format!("group {group} snapshot"))?;
-                        *replaced.lock().map_err(other)? = Some(old.file);
-                    }
+                    *replaced.lock().map_err(other)? = snapshot_record(&m, group)?.map(|old| old.file);
                     m.insert((group, "applied"), applied.as_slice()).map_err(other)?;
                     m.insert((group, "membership"), membership.as_slice()).map_err(other)?;
                     m.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;

@@ -520,16 +520,14 @@ impl Node {
                 if !matches!(confirmed, Ok(Ok(_))) {
                     return Err(RequestError::Unavailable(group));
                 }
-                let shard = || self.store.shard(group).ok_or(RequestError::Unavailable(group));
-                let poisoned = |_| RequestError::Internal(format!("partition {group}: state lock poisoned"));
+                let state = self.store.state(group).ok_or(RequestError::Unavailable(group))?;
+                let state = state
+                    .lock()
+                    .map_err(|_| RequestError::Internal(format!("partition {group}: state lock poisoned")))?;
                 Ok(Answer::Read(match read {
-                    Read::Kv(key) => {
-                        ReadResult::Kv(self.store.get(group, &key).map_err(|e| RequestError::Internal(e.to_string()))?)
-                    }
-                    Read::Product(sku) => {
-                        ReadResult::Product(shard()?.lock().map_err(poisoned)?.product(&sku).cloned())
-                    }
-                    Read::Order(id) => ReadResult::Order(shard()?.lock().map_err(poisoned)?.order(&id).cloned()),
+                    Read::Kv(key) => ReadResult::Kv(state.get(&key).map(str::to_owned)),
+                    Read::Product(sku) => ReadResult::Product(state.shard().product(&sku).cloned()),
+                    Read::Order(id) => ReadResult::Order(state.shard().order(&id).cloned()),
                 }))
             }
         }
@@ -698,8 +696,8 @@ async fn expiry_loop(node: std::sync::Weak<Node>) {
             }
             let due = node
                 .store
-                .shard(*group)
-                .and_then(|s| s.lock().ok().map(|s| s.has_expiry_work(now, forget_before_ms)))
+                .state(*group)
+                .and_then(|s| s.lock().ok().map(|s| s.shard().has_expiry_work(now, forget_before_ms)))
                 .unwrap_or(false);
             if due {
                 let op = Op::Trade(rampart_trading::Command::Expire { forget_before_ms });
@@ -709,7 +707,7 @@ async fn expiry_loop(node: std::sync::Weak<Node>) {
             }
             // Sagas left unfinished (their driver died, or a leg's partition was unavailable), and closed orders
             // whose legs must follow. A pending order younger than a second is left to the request driving it.
-            let sagas = node.store.shard(*group).and_then(|s| s.lock().ok().map(|s| s.orders_to_drive()));
+            let sagas = node.store.state(*group).and_then(|s| s.lock().ok().map(|s| s.shard().orders_to_drive()));
             for order in sagas.unwrap_or_default() {
                 if order.status == OrderStatus::Pending && order.placed_ms + 1_000 > now {
                     continue;

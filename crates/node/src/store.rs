@@ -1,24 +1,30 @@
-//! Durable storage for every partition's Raft log and state machine, in one redb database per node.
+//! Durable storage for every partition's Raft log and snapshots, in one redb database per node; the state
+//! machines themselves live in memory.
 //!
 //! **Durability contract** (openraft's, honoured exactly): a vote or an appended entry is reported saved only
-//! after the redb transaction holding it committed with `Durability::Immediate` (fsync); the state machine's
-//! `last_applied` and membership are written in the same transaction as the changes they describe.
+//! after the redb transaction holding it committed with `Durability::Immediate` (fsync).
+//!
+//! **State machines in memory.** A partition's state (its key-value rows and trading shard) is a [`GroupState`]
+//! in memory; its durable form is the group's latest snapshot plus the committed log entries after it. At start
+//! the state is loaded from the snapshot and openraft re-applies the committed entries after it (a transient
+//! state machine, in openraft's terms); openraft purges the log only up to the snapshot, so those entries are
+//! always there. `last_applied` and the membership are part of the state, and the snapshot holds them with the
+//! rows they describe. An apply therefore writes nothing: the hot path's only disk work is the log append.
 //!
 //! **Group commit:** all partitions share one writer thread. It takes every write waiting in its queue (up to
 //! [`BATCH_MAX`]), applies them in one transaction and commits once, so one fsync covers many groups' appends
-//! and votes; then it wakes every waiter. A batch holding only state-machine applies and committed indexes
-//! commits without an fsync (`Flush::Lazy`): the entries are durable in the log, and a crash rolls the database
-//! back to its last fsync'd commit, from which openraft re-applies. A failed commit fails every write in that
-//! batch (nothing of it is visible), and openraft stops the group rather than run on a log it cannot trust.
+//! and votes; then it wakes every waiter. A batch holding only committed indexes commits without an fsync
+//! (`Flush::Lazy`). A failed commit fails every write in that batch (nothing of it is visible), and openraft
+//! stops the group rather than run on a log it cannot trust.
 //!
 //! **Snapshots** live in files of their own (`snapshots/` beside the database), written and fsync'd outside the
 //! writer thread, so a partition's large snapshot never holds up every partition's commits; the database records
-//! which file is a group's current snapshot, in an fsync'd commit (which also makes every earlier apply durable).
-//! Files no record names are deleted at start.
+//! which file is a group's current snapshot, in an fsync'd commit. Files no record names are deleted at start.
 //!
 //! **Integrity:** every stored value and snapshot file carries a CRC-32 of its bytes; one that fails it is
 //! reported as corrupt (an `InvalidData` error naming the group and key, or the file), never decoded.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
@@ -33,7 +39,7 @@ use openraft::storage::{
 };
 use openraft::type_config::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -42,14 +48,18 @@ use rampart_trading::{Row, Shard, Stamped};
 
 use crate::types::{CommandResult, GroupId, Op, OpOutcome, TypeConfig};
 
+/// A group's in-memory state, shared by its state machine and the node's readers.
+pub type SharedState = Arc<std::sync::Mutex<GroupState>>;
+
 /// The most writes one transaction (one fsync) takes.
 pub const BATCH_MAX: usize = 1024;
 
 const LOGS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("raft_meta");
-const KV: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("kv");
-/// The trading state machine's rows: key = postcard of a [`RowKey`], value = a sealed postcard [`Row`].
-const TRADE: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("trade");
+/// Where data directories written before the state machines moved to memory kept each group's key-value rows
+/// and trading rows; [`migrate_state_rows`] turns them into snapshots.
+const FORMER_KV: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("kv");
+const FORMER_TRADE: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("trade");
 
 type C = TypeConfig;
 
@@ -67,10 +77,10 @@ type Job = (Write, Flush, oneshot::Sender<io::Result<()>>);
 /// Whether a write needs an fsync before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flush {
-    /// Votes, log entries, snapshots: openraft's durability contract.
+    /// Votes, log entries, snapshot records: openraft's durability contract.
     Durable,
-    /// State-machine applies: the entries they apply are durable in the log, and a restart re-applies from the
-    /// last durable `last_applied`; the next durable commit (at most one group commit later) persists them too.
+    /// Committed indexes: one lost in a crash only means a restart re-applies less and learns the rest from its
+    /// leader; the next durable commit (at most one group commit later) persists it too.
     Lazy,
 }
 
@@ -111,8 +121,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &dyn Fn() -> String) -> io::R
 #[derive(Debug)]
 pub struct Store {
     db: Arc<Database>,
-    /// Each partition's trading state, in memory; its rows on disk are written with every apply.
-    shards: std::sync::Mutex<std::collections::BTreeMap<GroupId, Arc<std::sync::Mutex<Shard>>>>,
+    /// Each partition's state, in memory (its durable form: the snapshot plus the log after it).
+    states: std::sync::Mutex<BTreeMap<GroupId, SharedState>>,
     writer: Option<std_mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Snapshot files: written and fsync'd outside the writer thread, so a large snapshot never holds up
@@ -149,10 +159,11 @@ impl Store {
             let txn = db.begin_write().map_err(other)?;
             txn.open_table(LOGS).map_err(other)?;
             txn.open_table(META).map_err(other)?;
-            txn.open_table(KV).map_err(other)?;
-            txn.open_table(TRADE).map_err(other)?;
             txn.commit().map_err(other)?;
         }
+        let snapshots = path.with_file_name("snapshots");
+        std::fs::create_dir_all(&snapshots)?;
+        migrate_state_rows(&db, &snapshots)?;
         let (tx, rx) = std_mpsc::channel::<Job>();
         let writer_db = db.clone();
         let stats = Arc::new(StoreStats::default());
@@ -160,9 +171,7 @@ impl Store {
             let stats = stats.clone();
             move || write_loop(&writer_db, &rx, &stats)
         })?;
-        let snapshots = path.with_file_name("snapshots");
-        std::fs::create_dir_all(&snapshots)?;
-        let store = Store { db, shards: Default::default(), writer: Some(tx), thread: Some(thread), snapshots, stats };
+        let store = Store { db, states: Default::default(), writer: Some(tx), thread: Some(thread), snapshots, stats };
         store.remove_orphan_snapshots()?;
         Ok(Arc::new(store))
     }
@@ -190,20 +199,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a snapshot's bytes (sealed with a CRC) to a new file, durably: the file and the directory are
-    /// fsync'd before the name is returned. Blocking: call it off the async runtime.
     fn write_snapshot_file(&self, group: GroupId, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<String> {
-        use std::io::Write as _;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let index = meta.last_log_id.map_or(0, |l| l.index());
-        let name = format!("g{group}-{index}-{nanos}.snap");
-        let tmp = self.snapshots.join(format!("{name}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&seal(data))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.snapshots.join(&name))?;
-        std::fs::File::open(&self.snapshots)?.sync_all()?;
-        Ok(name)
+        write_snapshot_file(&self.snapshots, group, meta, data)
     }
 
     /// A snapshot file's bytes, checked against their CRC.
@@ -222,11 +219,6 @@ impl Store {
     /// Runs `write` in the next group commit and waits until it is durable.
     async fn write(&self, write: Write) -> io::Result<()> {
         self.enqueue(write, Flush::Durable).await
-    }
-
-    /// Runs `write` in the next group commit and waits until it is committed (durable or not).
-    async fn write_lazy(&self, write: Write) -> io::Result<()> {
-        self.enqueue(write, Flush::Lazy).await
     }
 
     async fn enqueue(&self, write: Write, flush: Flush) -> io::Result<()> {
@@ -250,21 +242,59 @@ impl Store {
         LogStore { store: self.clone(), group }
     }
 
-    /// The state machine of one partition group, its trading state loaded from disk (and checked).
+    /// The state machine of one partition group, its state loaded from the group's snapshot (and checked);
+    /// openraft re-applies the committed entries after it when the group starts.
     pub fn state_machine(self: &Arc<Self>, group: GroupId) -> io::Result<StateMachine> {
-        let shard = {
-            let txn = self.db.begin_read().map_err(other)?;
-            let rows = trade_rows(&txn.open_table(TRADE).map_err(other)?, group)?;
-            Shard::restore(group, rows).map_err(|e| invalid(format!("partition {group}: {e}")))?
-        };
-        let shard = Arc::new(std::sync::Mutex::new(shard));
-        self.shards.lock().map_err(other)?.insert(group, shard.clone());
-        Ok(StateMachine { store: self.clone(), group, shard })
+        let state = Arc::new(std::sync::Mutex::new(self.snapshot_state(group)?));
+        self.states.lock().map_err(other)?.insert(group, state.clone());
+        Ok(StateMachine { store: self.clone(), group, state })
     }
 
-    /// The trading state of a partition this node replicates. The caller ensures a read is linearizable.
-    pub fn shard(&self, group: GroupId) -> Option<Arc<std::sync::Mutex<Shard>>> {
-        self.shards.lock().ok()?.get(&group).cloned()
+    /// The state a group's current snapshot holds (an empty state if it has none).
+    fn snapshot_state(&self, group: GroupId) -> io::Result<GroupState> {
+        match self.current_snapshot(group)? {
+            Some((meta, data)) => GroupState::from_snapshot(group, &meta, &data),
+            None => Ok(GroupState::new(group)),
+        }
+    }
+
+    /// A group's current snapshot: its metadata and its (checked) bytes.
+    fn current_snapshot(&self, group: GroupId) -> io::Result<Option<(SnapshotMetaOf<C>, Vec<u8>)>> {
+        // A snapshot recorded after the record was read may have replaced (and deleted) its file: read again.
+        for _ in 0..3 {
+            let Some(r) = self.read_meta::<SnapshotRef>(group, SNAPSHOT_KEY)? else { return Ok(None) };
+            match self.read_snapshot_file(&r.file) {
+                Ok(data) => return Ok(Some((r.meta, data))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(format!("group {group}: the snapshot file keeps being replaced")))
+    }
+
+    /// A group's state as this node's disk holds it, rebuilt as a restart rebuilds it: the snapshot, then the
+    /// committed entries after it. For checks and tools on a stopped node's data; a running group's state is
+    /// [`Store::state`].
+    pub fn recover(self: &Arc<Self>, group: GroupId) -> io::Result<GroupState> {
+        let mut state = self.snapshot_state(group)?;
+        let committed = self.read_meta::<Option<LogIdOf<C>>>(group, "committed")?.flatten();
+        let from = state.applied.map_or(0, |l| l.index() + 1);
+        if let Some(upto) = committed.map(|c| c.index()).filter(|&c| c >= from) {
+            let mut entries = self.log(group).entries(from..=upto)?;
+            let (first, last) = (entries.first().map(|e| e.index()), entries.last().map(|e| e.index()));
+            if first != Some(from) || last != Some(upto) || entries.len() as u64 != upto - from + 1 {
+                return Err(invalid(format!("group {group}: the log lacks committed entries {from}..={upto}")));
+            }
+            for entry in &mut entries {
+                state.apply(entry);
+            }
+        }
+        Ok(state)
+    }
+
+    /// The state of a partition this node replicates. The caller ensures a read is linearizable.
+    pub fn state(&self, group: GroupId) -> Option<SharedState> {
+        self.states.lock().ok()?.get(&group).cloned()
     }
 
     /// The (partitions, replicas) this database was created for, if recorded.
@@ -315,15 +345,14 @@ impl Store {
 
     /// Deletes every row of a group this node no longer replicates (its log, vote, state and snapshot).
     pub async fn drop_group(&self, group: GroupId) -> io::Result<()> {
-        if let Ok(mut shards) = self.shards.lock() {
-            shards.remove(&group);
+        if let Ok(mut states) = self.states.lock() {
+            states.remove(&group);
         }
         let snapshot: Option<SnapshotRef> = self.read_meta(group, SNAPSHOT_KEY)?;
         self.write(Box::new(move |txn| {
             delete_entries(txn, group, 0, u64::MAX)?;
-            clear_named_rows(txn, META, group)?;
-            clear_named_rows(txn, KV, group)?;
-            replace_trade_rows(txn, group, &[])
+            let mut meta = txn.open_table(META).map_err(other)?;
+            meta.retain_in((group, "")..(group + 1, ""), |_, _| false).map_err(other)
         }))
         .await?;
         if let Some(s) = snapshot {
@@ -332,14 +361,12 @@ impl Store {
         Ok(())
     }
 
-    /// Reads one key of a group's state machine (the caller ensures the read is linearizable).
+    /// Reads one key of a group's state machine (the caller ensures the read is linearizable); `None` also for a
+    /// group this node does not run.
     pub fn get(&self, group: GroupId, key: &str) -> io::Result<Option<String>> {
-        let txn = self.db.begin_read().map_err(other)?;
-        let table = txn.open_table(KV).map_err(other)?;
-        match table.get((group, key)).map_err(other)? {
-            Some(v) => decode(v.value(), &|| format!("group {group} key {key}")).map(Some),
-            None => Ok(None),
-        }
+        let Some(state) = self.state(group) else { return Ok(None) };
+        let state = state.lock().map_err(other)?;
+        Ok(state.get(key).map(str::to_owned))
     }
 }
 
@@ -360,23 +387,80 @@ fn trade_rows(table: &impl ReadableTable<(u32, &'static [u8]), &'static [u8]>, g
     Ok(rows)
 }
 
-/// Deletes every row of `group` from a table keyed by (group, name). Groups are below `SHAPE_GROUP`, so
-/// `group + 1` bounds the range.
-fn clear_named_rows(
-    txn: &WriteTransaction,
-    table: TableDefinition<(u32, &str), &[u8]>,
-    group: GroupId,
-) -> io::Result<()> {
-    let mut t = txn.open_table(table).map_err(other)?;
-    t.retain_in((group, "")..(group + 1, ""), |_, _| false).map_err(other)
+/// Writes a snapshot's bytes (sealed with a CRC) to a new file in `dir`, durably: the file and the directory are
+/// fsync'd before the name is returned. Blocking: call it off the async runtime.
+fn write_snapshot_file(dir: &Path, group: GroupId, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<String> {
+    use std::io::Write as _;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let index = meta.last_log_id.map_or(0, |l| l.index());
+    let name = format!("g{group}-{index}-{nanos}.snap");
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&seal(data))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(&name))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(name)
 }
 
-/// Replaces every trading row of `group` with `rows`.
-fn replace_trade_rows(txn: &WriteTransaction, group: GroupId, rows: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
-    let mut table = txn.open_table(TRADE).map_err(other)?;
-    table.retain_in((group, &[][..])..(group + 1, &[][..]), |_, _| false).map_err(other)?;
-    for (key, value) in rows {
-        table.insert((group, key.as_slice()), value.as_slice()).map_err(other)?;
+/// Data directories written before the state machines moved to memory kept each group's state as rows (tables
+/// `kv` and `trade`, meta keys `applied` and `membership`), written with every apply. Each group whose rows are
+/// newer than its snapshot gets a snapshot of them; then the rows go, in one fsync'd transaction. A crash before
+/// the commit leaves the rows, and the next start does it again.
+fn migrate_state_rows(db: &Database, dir: &Path) -> io::Result<()> {
+    let former = {
+        let txn = db.begin_read().map_err(other)?;
+        let names: Vec<String> = txn.list_tables().map_err(other)?.map(|t| t.name().to_owned()).collect();
+        names.iter().any(|n| n == FORMER_KV.name() || n == FORMER_TRADE.name())
+    };
+    if !former {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(other)?;
+    let mut replaced = Vec::new();
+    {
+        let mut meta = txn.open_table(META).map_err(other)?;
+        let kv = txn.open_table(FORMER_KV).map_err(other)?;
+        let trade = txn.open_table(FORMER_TRADE).map_err(other)?;
+        let mut applied = Vec::new();
+        for item in meta.iter().map_err(other)? {
+            let (k, v) = item.map_err(other)?;
+            let (group, key) = k.value();
+            if key == "applied" {
+                let at = decode::<Option<LogIdOf<C>>>(v.value(), &|| format!("group {group} applied"))?;
+                applied.push((group, at));
+            }
+        }
+        for (group, at) in applied {
+            let current = snapshot_record(&meta, group)?;
+            if at <= current.as_ref().and_then(|c| c.meta.last_log_id) {
+                continue;
+            }
+            let mut rows = Vec::new();
+            for item in kv.range((group, "")..(group + 1, "")).map_err(other)? {
+                let (k, v) = item.map_err(other)?;
+                let key = k.value().1;
+                rows.push((key.to_owned(), decode::<String>(v.value(), &|| format!("group {group} key {key}"))?));
+            }
+            let membership = match meta.get((group, "membership")).map_err(other)? {
+                Some(v) => decode(v.value(), &|| format!("group {group} membership"))?,
+                None => StoredMembership::default(),
+            };
+            let snapshot_meta = SnapshotMetaOf::<C> { last_log_id: at, last_membership: membership };
+            let blob = SnapshotBlob { kv: rows, trade: trade_rows(&trade, group)? };
+            let data = postcard::to_allocvec(&blob).map_err(other)?;
+            let file = write_snapshot_file(dir, group, &snapshot_meta, &data)?;
+            let record = encode(&SnapshotRef { meta: snapshot_meta, file })?;
+            meta.insert((group, SNAPSHOT_KEY), record.as_slice()).map_err(other)?;
+            replaced.extend(current.map(|c| c.file));
+        }
+        meta.retain(|(_, key), _| key != "applied" && key != "membership").map_err(other)?;
+    }
+    txn.delete_table(FORMER_KV).map_err(other)?;
+    txn.delete_table(FORMER_TRADE).map_err(other)?;
+    txn.commit().map_err(other)?;
+    for name in replaced {
+        let _ = std::fs::remove_file(dir.join(name));
     }
     Ok(())
 }
@@ -621,64 +705,124 @@ fn snapshot_record(
     }
 }
 
-/// One partition's state machine.
+/// One partition's replicated state, held in memory. Its durable form is the group's latest snapshot plus the
+/// committed log entries after it.
+#[derive(Debug)]
+pub struct GroupState {
+    applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    kv: BTreeMap<String, String>,
+    shard: Shard,
+}
+
+impl GroupState {
+    fn new(group: GroupId) -> GroupState {
+        GroupState {
+            applied: None,
+            membership: StoredMembership::default(),
+            kv: BTreeMap::new(),
+            shard: Shard::new(group),
+        }
+    }
+
+    /// The state a snapshot holds, checked whole (the trading rows must restore a consistent shard).
+    fn from_snapshot(group: GroupId, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<GroupState> {
+        let blob: SnapshotBlob = postcard::from_bytes(data)
+            .map_err(|e| invalid(format!("snapshot of group {group} at {:?}: {e}", meta.last_log_id)))?;
+        let shard =
+            Shard::restore(group, blob.trade).map_err(|e| invalid(format!("snapshot of group {group}: {e}")))?;
+        Ok(GroupState {
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            kv: blob.kv.into_iter().collect(),
+            shard,
+        })
+    }
+
+    /// A key-value row.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.kv.get(key).map(String::as_str)
+    }
+
+    /// The trading state.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// Applies one committed entry; its operations move into the state (an entry is applied once).
+    fn apply(&mut self, entry: &mut EntryOf<C>) -> Vec<OpOutcome> {
+        let log_id = entry.log_id();
+        let mut outcomes = Vec::new();
+        match &mut entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Normal(command) => {
+                let at_ms = command.at_ms;
+                for op in std::mem::take(&mut command.ops) {
+                    outcomes.push(match op {
+                        Op::Put { key, value } => {
+                            self.kv.insert(key, value);
+                            OpOutcome::Done
+                        }
+                        Op::Delete { key } => {
+                            self.kv.remove(&key);
+                            OpOutcome::Done
+                        }
+                        Op::SetConfig { epoch, json } => {
+                            // A configuration applies only on top of the one before it: a stale proposal changes
+                            // nothing.
+                            let current =
+                                self.kv.get(CONFIG_EPOCH_KEY).and_then(|e| e.parse::<u64>().ok()).unwrap_or(0);
+                            if epoch == current + 1 {
+                                self.kv.insert(CONFIG_KEY.to_owned(), json);
+                                self.kv.insert(CONFIG_EPOCH_KEY.to_owned(), epoch.to_string());
+                            }
+                            OpOutcome::Done
+                        }
+                        Op::Trade(command) => OpOutcome::Trade(self.shard.apply(&Stamped { at_ms, command })),
+                    });
+                }
+            }
+            EntryPayload::Membership(m) => self.membership = StoredMembership::new(Some(log_id), m.clone()),
+        }
+        self.applied = Some(log_id);
+        outcomes
+    }
+}
+
+/// One partition's state machine: its state in memory, its snapshots in files.
 #[derive(Clone, Debug)]
 pub struct StateMachine {
     store: Arc<Store>,
     group: GroupId,
-    shard: Arc<std::sync::Mutex<Shard>>,
+    state: SharedState,
 }
 
-impl StateMachine {
-    fn membership(&self) -> io::Result<StoredMembershipOf<C>> {
-        Ok(self.store.read_meta(self.group, "membership")?.unwrap_or_default())
-    }
-
-    fn applied(&self) -> io::Result<Option<LogIdOf<C>>> {
-        Ok(self.store.read_meta::<Option<LogIdOf<C>>>(self.group, "applied")?.flatten())
-    }
+/// A snapshot about to be built: the state as it was when the build was asked for (later applies do not change
+/// it), encoded and written to its file off the async runtime.
+#[derive(Debug)]
+pub struct SnapshotView {
+    store: Arc<Store>,
+    group: GroupId,
+    meta: SnapshotMetaOf<C>,
+    blob: SnapshotBlob,
 }
 
-impl RaftSnapshotBuilder<C> for StateMachine {
+impl RaftSnapshotBuilder<C> for SnapshotView {
     type SnapshotData = Cursor<Vec<u8>>;
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
-        let (store, group) = (self.store.clone(), self.group);
-        // Reading the state, encoding it and writing its file take a while for a large partition: off the async
-        // runtime, and outside the shared writer (only the small record of the snapshot goes through it).
-        let (meta, data, file) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            // One read transaction: the contents, applied index and membership are of the same moment.
-            let txn = store.db.begin_read().map_err(other)?;
-            let kv_table = txn.open_table(KV).map_err(other)?;
-            let mut kv = Vec::new();
-            for item in kv_table.range((group, "")..).map_err(other)? {
-                let (k, v) = item.map_err(other)?;
-                let (g, key) = k.value();
-                if g != group {
-                    break;
-                }
-                kv.push((key.to_owned(), decode::<String>(v.value(), &|| format!("group {g} key {key}"))?));
-            }
-            let trade = trade_rows(&txn.open_table(TRADE).map_err(other)?, group)?;
-            let meta_table = txn.open_table(META).map_err(other)?;
-            let read = |key: &str| -> io::Result<Option<Vec<u8>>> {
-                Ok(meta_table.get((group, key)).map_err(other)?.map(|v| v.value().to_vec()))
-            };
-            let applied: Option<LogIdOf<C>> = match read("applied")? {
-                Some(b) => decode::<Option<LogIdOf<C>>>(&b, &|| format!("group {group} applied"))?,
-                None => None,
-            };
-            let membership: StoredMembershipOf<C> = match read("membership")? {
-                Some(b) => decode(&b, &|| format!("group {group} membership"))?,
-                None => StoredMembership::default(),
-            };
-            let data = postcard::to_allocvec(&SnapshotBlob { kv, trade }).map_err(other)?;
-            let meta = SnapshotMetaOf::<C> { last_log_id: applied, last_membership: membership };
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
+        let (store, group, meta) = (self.store.clone(), self.group, self.meta.clone());
+        let blob = std::mem::replace(&mut self.blob, SnapshotBlob { kv: Vec::new(), trade: Vec::new() });
+        // Encoding the state and writing its file take a while for a large partition: off the async runtime, and
+        // outside the shared writer (only the small record of the snapshot goes through it).
+        let (data, file) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let data = postcard::to_allocvec(&blob).map_err(other)?;
             let file = store.write_snapshot_file(group, &meta, &data)?;
-            Ok((meta, data, file))
+            Ok((data, file))
         })
         .await
         .map_err(other)??;
+        let meta = self.meta.clone();
         let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
         let built_at = meta.last_log_id;
         // The file that ends up referred to by nothing: the one replaced, or this one if a newer snapshot was
@@ -707,16 +851,17 @@ impl RaftSnapshotBuilder<C> for StateMachine {
             self.store.remove_snapshot_file(&name);
         }
         recorded?;
-        Ok(SnapshotOf::<C, Self::SnapshotData> { meta, snapshot: Cursor::new(data) })
+        Ok(SnapshotOf::<C, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) })
     }
 }
 
 impl RaftStateMachine<C> for StateMachine {
     type SnapshotData = Cursor<Vec<u8>>;
-    type SnapshotBuilder = Self;
+    type SnapshotBuilder = SnapshotView;
 
     async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
-        Ok((self.applied()?, self.membership()?))
+        let state = self.state.lock().map_err(other)?;
+        Ok((state.applied, state.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -727,107 +872,38 @@ impl RaftStateMachine<C> for StateMachine {
         while let Some(item) = entries.next().await {
             batch.push(item?);
         }
-        let Some((last, _)) = batch.last() else { return Ok(()) };
-        let last = last.log_id();
-        let mut membership = None;
-        let mut changes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        let mut results: Vec<Vec<OpOutcome>> = Vec::with_capacity(batch.len());
-        let mut configs: Vec<(u64, Vec<u8>)> = Vec::new();
-        let trade_changes = {
-            let mut shard = self.shard.lock().map_err(other)?;
-            for (entry, _) in &mut batch {
-                let mut outcomes = Vec::new();
-                let log_id = entry.log_id();
-                match &mut entry.payload {
-                    EntryPayload::Blank => {}
-                    EntryPayload::Normal(command) => {
-                        // Applied once: the operations move into the state machine instead of being copied.
-                        let at_ms = command.at_ms;
-                        for op in std::mem::take(&mut command.ops) {
-                            outcomes.push(match op {
-                                Op::Put { key, value } => {
-                                    changes.push((key, Some(encode(&value)?)));
-                                    OpOutcome::Done
-                                }
-                                Op::Delete { key } => {
-                                    changes.push((key, None));
-                                    OpOutcome::Done
-                                }
-                                Op::SetConfig { epoch, json } => {
-                                    configs.push((epoch, encode(&json)?));
-                                    OpOutcome::Done
-                                }
-                                Op::Trade(command) => OpOutcome::Trade(shard.apply(&Stamped { at_ms, command })),
-                            });
-                        }
-                    }
-                    EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(log_id), m.clone())),
-                }
-                results.push(outcomes);
-            }
-            shard
-                .drain_changes()
-                .into_iter()
-                .map(|(key, row)| {
-                    Ok((postcard::to_allocvec(&key).map_err(other)?, row.map(|r| encode(&r)).transpose()?))
-                })
-                .collect::<io::Result<Vec<_>>>()?
-        };
-        let group = self.group;
-        let applied = encode(&Some(last))?;
-        let membership = membership.map(|m| encode(&m)).transpose()?;
-        // The answers go out now, before the rows below are committed: the entries are committed in the Raft log
-        // (durable on a quorum), which is what an answer promises; a read waits for this apply to return (openraft's
-        // applied index), so no read misses what an answer reported. Should the commit fail, the group stops and a
-        // restart applies the entries again from the log.
-        for ((entry, responder), outcomes) in batch.into_iter().zip(results) {
-            if let Some(r) = responder {
-                r.send(CommandResult { index: entry.index(), outcomes });
+        let mut answers = Vec::with_capacity(batch.len());
+        {
+            let mut state = self.state.lock().map_err(other)?;
+            for (mut entry, responder) in batch {
+                let outcomes = state.apply(&mut entry);
+                answers.push((responder, CommandResult { index: entry.index(), outcomes }));
             }
         }
-        // The changes, `last_applied` and the membership in one transaction, committed without waiting for an
-        // fsync of its own (see `Flush::Lazy`). Should it fail, the in-memory shard is ahead of the disk: the error
-        // stops this group (openraft treats it as fatal) and a restart reloads the shard from the disk.
-        self.store
-            .write_lazy(Box::new(move |txn| {
-                let mut kv = txn.open_table(KV).map_err(other)?;
-                for (key, value) in &changes {
-                    match value {
-                        Some(v) => kv.insert((group, key.as_str()), v.as_slice()).map_err(other)?,
-                        None => kv.remove((group, key.as_str())).map_err(other)?,
-                    };
-                }
-                // A configuration applies only on top of the one before it: a stale proposal changes nothing.
-                for (epoch, json) in &configs {
-                    let current = match kv.get((group, CONFIG_EPOCH_KEY)).map_err(other)? {
-                        Some(v) => decode::<String>(v.value(), &|| "config epoch".into())?.parse::<u64>().unwrap_or(0),
-                        None => 0,
-                    };
-                    if *epoch == current + 1 {
-                        kv.insert((group, CONFIG_KEY), json.as_slice()).map_err(other)?;
-                        kv.insert((group, CONFIG_EPOCH_KEY), encode(&epoch.to_string())?.as_slice()).map_err(other)?;
-                    }
-                }
-                let mut trade = txn.open_table(TRADE).map_err(other)?;
-                for (key, value) in &trade_changes {
-                    match value {
-                        Some(v) => trade.insert((group, key.as_slice()), v.as_slice()).map_err(other)?,
-                        None => trade.remove((group, key.as_slice())).map_err(other)?,
-                    };
-                }
-                let mut meta = txn.open_table(META).map_err(other)?;
-                meta.insert((group, "applied"), applied.as_slice()).map_err(other)?;
-                if let Some(m) = &membership {
-                    meta.insert((group, "membership"), m.as_slice()).map_err(other)?;
-                }
-                Ok(())
-            }))
-            .await?;
+        // The entries are committed in the Raft log (durable on a quorum), which is what an answer promises, and
+        // the state above already shows them to any reader.
+        for (responder, result) in answers {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
         Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
+        // Called between applies: the view is of one applied index, whatever is applied while it is written.
+        let (meta, blob) = match self.state.lock() {
+            Ok(state) => (
+                SnapshotMetaOf::<C> { last_log_id: state.applied, last_membership: state.membership.clone() },
+                SnapshotBlob {
+                    kv: state.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    trade: state.shard.rows(),
+                },
+            ),
+            // A poisoned lock means an apply panicked: a snapshot of nothing applied is never recorded.
+            Err(_) => (SnapshotMetaOf::<C>::default(), SnapshotBlob { kv: Vec::new(), trade: Vec::new() }),
+        };
+        SnapshotView { store: self.store.clone(), group: self.group, meta, blob }
     }
 
     async fn install_snapshot(
@@ -836,69 +912,89 @@ impl RaftStateMachine<C> for StateMachine {
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        let blob: SnapshotBlob = postcard::from_bytes(&data)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))?;
         let group = self.group;
-        let applied = encode(&meta.last_log_id)?;
-        let membership = encode(&meta.last_membership)?;
-        let rows: Vec<(String, Vec<u8>)> =
-            blob.kv.iter().map(|(k, v)| Ok((k.clone(), encode(v)?))).collect::<io::Result<_>>()?;
-        let trade_rows: Vec<(Vec<u8>, Vec<u8>)> = blob
-            .trade
-            .iter()
-            .map(|r| Ok((postcard::to_allocvec(&r.key()).map_err(other)?, encode(r)?)))
-            .collect::<io::Result<_>>()?;
-        let shard = Shard::restore(group, blob.trade).map_err(|e| invalid(format!("snapshot of {group}: {e}")))?;
-        // Checked whole before anything is written; then its file, then its rows and record in one transaction.
+        // Checked whole before anything is written; then its file, then its record.
+        let installed = GroupState::from_snapshot(group, meta, &data)?;
+        let current = self.store.read_meta::<SnapshotRef>(group, SNAPSHOT_KEY)?;
+        if current.as_ref().is_some_and(|c| c.meta == *meta) {
+            // This node's own snapshot, installed again to restore the state at start: already on disk.
+            *self.state.lock().map_err(other)? = installed;
+            return Ok(());
+        }
         let (store, file_meta) = (self.store.clone(), meta.clone());
         let file = tokio::task::spawn_blocking(move || store.write_snapshot_file(group, &file_meta, &data))
             .await
             .map_err(other)??;
         let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
         let replaced = Arc::new(std::sync::Mutex::new(None));
-        let installed = self
+        let recorded = self
             .store
             .write(Box::new({
                 let replaced = replaced.clone();
                 move |txn| {
-                    clear_named_rows(txn, KV, group)?;
-                    let mut kv = txn.open_table(KV).map_err(other)?;
-                    for (key, value) in &rows {
-                        kv.insert((group, key.as_str()), value.as_slice()).map_err(other)?;
-                    }
-                    replace_trade_rows(txn, group, &trade_rows)?;
                     let mut m = txn.open_table(META).map_err(other)?;
                     *replaced.lock().map_err(other)? = snapshot_record(&m, group)?.map(|old| old.file);
-                    m.insert((group, "applied"), applied.as_slice()).map_err(other)?;
-                    m.insert((group, "membership"), membership.as_slice()).map_err(other)?;
                     m.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;
                     Ok(())
                 }
             }))
             .await;
-        if let Err(e) = installed {
+        if let Err(e) = recorded {
             self.store.remove_snapshot_file(&file);
             return Err(e);
         }
         if let Some(old) = replaced.lock().map_err(other)?.take() {
             self.store.remove_snapshot_file(&old);
         }
-        *self.shard.lock().map_err(other)? = shard;
+        *self.state.lock().map_err(other)? = installed;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
-        // A snapshot recorded after the record was read may have replaced (and deleted) its file: read again.
-        for _ in 0..3 {
-            let Some(r) = self.store.read_meta::<SnapshotRef>(self.group, SNAPSHOT_KEY)? else { return Ok(None) };
-            match self.store.read_snapshot_file(&r.file) {
-                Ok(data) => {
-                    return Ok(Some(SnapshotOf::<C, Cursor<Vec<u8>>> { meta: r.meta, snapshot: Cursor::new(data) }))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+        Ok(self
+            .store
+            .current_snapshot(self.group)?
+            .map(|(meta, data)| SnapshotOf::<C, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.
+    #[test]
+    fn state_rows_of_the_former_layout_become_a_snapshot() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let path = dir.path().join("rampart.redb");
+        let applied = Some(openraft::testing::log_id::<C>(2, 1, 41));
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert((5, "applied"), encode(&applied).expect("encode").as_slice()).expect("insert");
+                meta.insert((5, "vote"), encode(&7u8).expect("encode").as_slice()).expect("insert");
+                let mut kv = txn.open_table(FORMER_KV).expect("kv");
+                kv.insert((5, "k"), encode(&"v".to_owned()).expect("encode").as_slice()).expect("insert");
+                kv.insert((6, "other"), encode(&"w".to_owned()).expect("encode").as_slice()).expect("insert");
+                txn.open_table(FORMER_TRADE).expect("trade");
             }
+            txn.commit().expect("commit");
         }
-        Err(io::Error::other(format!("group {}: the snapshot file keeps being replaced", self.group)))
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let store = Store::open(&path).expect("open");
+            let mut sm = store.state_machine(5).expect("state machine");
+            assert_eq!(sm.applied_state().await.expect("applied").0, applied);
+            assert_eq!(store.get(5, "k").expect("get"), Some("v".to_owned()));
+            assert_eq!(store.get(5, "other").expect("get"), None, "groups stay apart");
+            let snapshot = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+            assert_eq!(snapshot.meta.last_log_id, applied);
+            assert_eq!(store.read_meta::<u8>(5, "vote").expect("vote"), Some(7), "the rest of the meta rows stay");
+            assert_eq!(store.read_meta::<Option<LogIdOf<C>>>(5, "applied").expect("applied"), None);
+            let txn = store.db.begin_read().expect("read");
+            assert!(txn.list_tables().expect("tables").all(|t| t.name() != "kv" && t.name() != "trade"));
+        });
     }
 }

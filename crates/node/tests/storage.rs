@@ -102,7 +102,7 @@ fn a_snapshot_lives_in_its_own_file_checked_and_unreferred_files_go() {
         let store = Store::open(&path).expect("open");
         let mut sm = store.state_machine(3).expect("state machine");
         // An empty state at log index 5, installed as a leader would send it.
-        let empty = sm.build_snapshot().await.expect("build").snapshot.into_inner();
+        let empty = sm.get_snapshot_builder().await.build_snapshot().await.expect("build").snapshot.into_inner();
         assert!(files().is_empty(), "a snapshot of nothing applied is not kept");
         let meta = openraft::type_config::alias::SnapshotMetaOf::<TypeConfig> {
             last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5)),
@@ -110,7 +110,7 @@ fn a_snapshot_lives_in_its_own_file_checked_and_unreferred_files_go() {
         };
         sm.install_snapshot(&meta, std::io::Cursor::new(empty.clone())).await.expect("install");
         assert_eq!(files().len(), 1);
-        let rebuilt = sm.build_snapshot().await.expect("build again");
+        let rebuilt = sm.get_snapshot_builder().await.build_snapshot().await.expect("build again");
         assert_eq!(rebuilt.meta.last_log_id, meta.last_log_id);
         assert_eq!(files().len(), 1, "one file per group: a snapshot no newer than the current one is not kept");
         let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
@@ -124,14 +124,22 @@ fn a_snapshot_lives_in_its_own_file_checked_and_unreferred_files_go() {
     runtime().block_on(async {
         let store = Store::open(&path).expect("reopen");
         assert_eq!(files(), kept, "only the recorded snapshot is left");
-        // A damaged snapshot file is reported, never handed to a replica.
+        // The state machine starts from its snapshot: the empty state at index 5.
+        let mut sm = store.state_machine(3).expect("state machine");
+        assert_eq!(
+            sm.applied_state().await.expect("applied").0,
+            Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5))
+        );
+        // A damaged snapshot file is reported, never handed to a replica nor loaded as a state.
         let file = snapshots.join(&kept[0]);
         let mut bytes = std::fs::read(&file).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&file, &bytes).expect("write");
-        let err = store.state_machine(3).expect("sm").get_current_snapshot().await.expect_err("corrupt");
+        let err = sm.get_current_snapshot().await.expect_err("corrupt");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("snapshot file"), "{err}");
+        let err = store.state_machine(3).expect_err("a group does not start from a damaged snapshot");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     });
 }

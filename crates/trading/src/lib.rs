@@ -3,8 +3,8 @@
 //! It is pure and deterministic: no clock, no IO, no randomness, no wire format. Every replica of a partition
 //! applies the same [`Stamped`] commands in the same order and reaches the same state and the same outcomes. The
 //! leader stamps business time (`at_ms`, the payment deadline, the retention cut-off) into the command; a replica
-//! never reads a clock. What an apply changed is drained as typed rows ([`Shard::drain_changes`]) for the node to
-//! persist in the same transaction as the applied index; [`Shard::restore`] rebuilds the shard from those rows.
+//! never reads a clock. A snapshot holds the shard as typed rows ([`Shard::rows`]); [`Shard::restore`] rebuilds the
+//! shard from them, checking every invariant.
 //!
 //! **Invariants**, asserted after every command that touches a product (kept in release: this is stock):
 //! - `available + reserved + sold == added` for every product (`added` is the initial stock plus every restock),
@@ -21,7 +21,7 @@ mod shard;
 
 pub use model::{
     Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
-    RowKey, Sku, Stamped, UserId,
+    Sku, Stamped, UserId,
 };
 pub use shard::{RestoreError, Shard};
 

@@ -273,18 +273,6 @@ pub enum Outcome {
     },
 }
 
-/// Where a stored row lives. Keys are laid out so that new rows sort after old ones (order ids grow within a
-/// partition; refusals carry a big-endian sequence number): a batch of new rows lands on the same few pages.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum RowKey {
-    Meta,
-    Product(Sku),
-    Order(OrderId),
-    /// A refused order request kept for its idempotency key: the refusal's sequence number, big-endian.
-    Refusal([u8; 8]),
-    Hold(OrderId),
-}
-
 /// A stored row. A placed order is its own idempotency record (it names its user and key); the per-user
 /// holdings, the deadline index and the idempotency index are derived on restore.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,17 +301,4 @@ pub struct Refusal {
     pub items: Vec<Item>,
     pub at_ms: u64,
     pub rejection: Rejection,
-}
-
-impl Row {
-    /// Where this row is stored.
-    pub fn key(&self) -> RowKey {
-        match self {
-            Row::Meta { .. } => RowKey::Meta,
-            Row::Product(p) => RowKey::Product(p.sku.clone()),
-            Row::Order(o) => RowKey::Order(o.id.clone()),
-            Row::Refusal { seq, .. } => RowKey::Refusal(seq.to_be_bytes()),
-            Row::Hold(h) => RowKey::Hold(h.order_id.clone()),
-        }
-    }
 }

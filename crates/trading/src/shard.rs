@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
-    RowKey, Sku, Stamped, UserId,
+    Sku, Stamped, UserId,
 };
 use crate::{MAX_ITEMS, MAX_PRICE_CENTS, MAX_QTY, MAX_STOCK};
 
@@ -47,8 +47,6 @@ pub struct Shard {
     driving: BTreeSet<OrderId>,
     /// Derived: idempotency records by the time they were made.
     remembered: BTreeSet<(u64, UserId, String)>,
-    /// Rows changed since the last [`Shard::drain_changes`].
-    dirty: BTreeSet<RowKey>,
 }
 
 impl Shard {
@@ -56,7 +54,7 @@ impl Shard {
         Shard { partition, ..Shard::default() }
     }
 
-    /// Rebuilds a shard from the rows [`Shard::drain_changes`] produced, checking every stock invariant.
+    /// Rebuilds a shard from the rows [`Shard::rows`] produced, checking every stock invariant.
     pub fn restore(partition: u32, rows: impl IntoIterator<Item = Row>) -> Result<Shard, RestoreError> {
         let mut shard = Shard::new(partition);
         for row in rows {
@@ -170,23 +168,6 @@ impl Shard {
             || self.remembered.first().is_some_and(|(at, _, _)| *at < forget_before_ms)
     }
 
-    /// Every row changed since the last call: `None` for a row that was deleted.
-    pub fn drain_changes(&mut self) -> Vec<(RowKey, Option<Row>)> {
-        std::mem::take(&mut self.dirty)
-            .into_iter()
-            .map(|key| {
-                let row = match &key {
-                    RowKey::Meta => Some(self.meta()),
-                    RowKey::Product(s) => self.products.get(s).cloned().map(Row::Product),
-                    RowKey::Order(o) => self.orders.get(o).cloned().map(Row::Order),
-                    RowKey::Refusal(seq) => self.refusal_row(u64::from_be_bytes(*seq)),
-                    RowKey::Hold(id) => self.holds.get(id).cloned().map(Row::Hold),
-                };
-                (key, row)
-            })
-            .collect()
-    }
-
     /// Every row of the shard, for a snapshot.
     pub fn rows(&self) -> Vec<Row> {
         let mut rows = vec![self.meta()];
@@ -218,7 +199,6 @@ impl Shard {
         } else {
             self.driving.remove(&id);
         }
-        self.dirty.insert(RowKey::Order(id));
     }
 
     fn meta(&self) -> Row {
@@ -236,7 +216,6 @@ impl Shard {
     pub fn apply(&mut self, stamped: &Stamped) -> Outcome {
         if stamped.at_ms > self.clock_ms {
             self.clock_ms = stamped.at_ms;
-            self.dirty.insert(RowKey::Meta);
         }
         let now = self.clock_ms;
         let outcome = match &stamped.command {
@@ -284,7 +263,6 @@ impl Shard {
             added: stock,
         };
         self.products.insert(sku.clone(), product.clone());
-        self.dirty.insert(RowKey::Product(sku.clone()));
         Ok(Outcome::Product(product))
     }
 
@@ -297,7 +275,6 @@ impl Shard {
         product.added = added;
         product.available += qty;
         assert_stock(product);
-        self.dirty.insert(RowKey::Product(sku.clone()));
         Ok(Outcome::Product(product.clone()))
     }
 
@@ -361,7 +338,6 @@ impl Shard {
             None => {
                 let id = OrderId::new(self.partition, self.next_seq);
                 self.next_seq += 1;
-                self.dirty.insert(RowKey::Meta);
                 let saga = lines.iter().any(|l| l.remote.is_some());
                 let local: Vec<LineItem> = lines.iter().filter(|l| l.remote.is_none()).cloned().collect();
                 self.reserve_lines(user_id, &local);
@@ -396,8 +372,6 @@ impl Shard {
             Err(rejection) => {
                 let seq = self.next_refusal;
                 self.next_refusal += 1;
-                self.dirty.insert(RowKey::Meta);
-                self.dirty.insert(RowKey::Refusal(seq.to_be_bytes()));
                 self.refusals.insert(seq, record_key.clone());
                 let refusal = Refusal {
                     user_id: user_id.clone(),
@@ -478,7 +452,6 @@ impl Shard {
             if let Some(max) = p.max_per_user {
                 assert!(*held <= u64::from(max), "{}: user {user} holds {held} > {max}", line.sku);
             }
-            self.dirty.insert(RowKey::Product(line.sku.clone()));
         }
     }
 
@@ -496,7 +469,6 @@ impl Shard {
             if *held == 0 {
                 self.held.remove(&key);
             }
-            self.dirty.insert(RowKey::Product(line.sku.clone()));
         }
     }
 
@@ -508,7 +480,6 @@ impl Shard {
             p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every held line");
             p.sold += qty;
             assert_stock(p);
-            self.dirty.insert(RowKey::Product(line.sku.clone()));
         }
     }
 
@@ -538,7 +509,6 @@ impl Shard {
         };
         let hold = Hold { order_id: id.clone(), user_id: user_id.clone(), items: lines, state };
         self.holds.insert(id.clone(), hold.clone());
-        self.dirty.insert(RowKey::Hold(id.clone()));
         Ok(Outcome::Hold(hold))
     }
 
@@ -552,7 +522,6 @@ impl Shard {
                 state: HoldState::Released,
             };
             self.holds.insert(id.clone(), tombstone.clone());
-            self.dirty.insert(RowKey::Hold(id.clone()));
             return Ok(Outcome::Hold(tombstone));
         };
         match hold.state {
@@ -560,7 +529,6 @@ impl Shard {
                 hold.state = HoldState::Released;
                 let (user, lines, answer) = (hold.user_id.clone(), hold.items.clone(), hold.clone());
                 self.release_lines(&user, &lines);
-                self.dirty.insert(RowKey::Hold(id.clone()));
                 Ok(Outcome::Hold(answer))
             }
             HoldState::Sold => Err(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Paid }),
@@ -576,7 +544,6 @@ impl Shard {
                 hold.state = HoldState::Sold;
                 let (lines, answer) = (hold.items.clone(), hold.clone());
                 self.sell_lines(&lines);
-                self.dirty.insert(RowKey::Hold(id.clone()));
                 Ok(Outcome::Hold(answer))
             }
             HoldState::Sold => Ok(Outcome::Hold(hold.clone())),
@@ -671,7 +638,6 @@ impl Shard {
                 }
                 Some(Remembered::Refused { seq, .. }) => {
                     self.refusals.remove(&seq);
-                    self.dirty.insert(RowKey::Refusal(seq.to_be_bytes()));
                 }
                 None => {}
             }

@@ -13,9 +13,11 @@
 //!
 //! **Group commit:** all partitions share one writer thread. It takes every write waiting in its queue (up to
 //! [`BATCH_MAX`]), applies them in one transaction and commits once, so one fsync covers many groups' appends
-//! and votes; then it wakes every waiter. A batch holding only committed indexes commits without an fsync
-//! (`Flush::Lazy`). A failed commit fails every write in that batch (nothing of it is visible), and openraft
-//! stops the group rather than run on a log it cannot trust.
+//! and votes; then it wakes every waiter. Committed indexes wait in memory and ride along with the next
+//! transaction (or one of their own, without an fsync, once the writer has been idle for [`IDLE_FLUSH`], and
+//! an fsync'd one when the store closes): a committed index lost in a crash only means a restart re-applies
+//! less and learns the rest from its leader. A failed commit fails every write in that batch (nothing of it is
+//! visible), and openraft stops the group rather than run on a log it cannot trust.
 //!
 //! **Snapshots** live in files of their own (`snapshots/` beside the database), written and fsync'd outside the
 //! writer thread, so a partition's large snapshot never holds up every partition's commits; the database records
@@ -54,6 +56,9 @@ pub type SharedState = Arc<std::sync::Mutex<GroupState>>;
 /// The most writes one transaction (one fsync) takes.
 pub const BATCH_MAX: usize = 1024;
 
+/// How long committed indexes may wait for a transaction to ride along with before they get one of their own.
+pub const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
 const LOGS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("raft_meta");
 /// Where data directories written before the state machines moved to memory kept each group's key-value rows
@@ -71,18 +76,11 @@ const CONFIG_EPOCH_KEY: &str = "cluster/epoch";
 const SHAPE_GROUP: GroupId = u32::MAX;
 type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
 
-/// A write, whether it must be on disk before its waiter hears back, and the waiter.
-type Job = (Write, Flush, oneshot::Sender<io::Result<()>>);
+/// A write, on disk (fsync'd) before its waiter hears back, and the waiter.
+type Job = (Write, oneshot::Sender<io::Result<()>>);
 
-/// Whether a write needs an fsync before it is acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Flush {
-    /// Votes, log entries, snapshot records: openraft's durability contract.
-    Durable,
-    /// Committed indexes: one lost in a crash only means a restart re-applies less and learns the rest from its
-    /// leader; the next durable commit (at most one group commit later) persists it too.
-    Lazy,
-}
+/// Each group's latest committed index (encoded), not yet written.
+type PendingCommitted = Arc<std::sync::Mutex<BTreeMap<GroupId, Vec<u8>>>>;
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -124,6 +122,8 @@ pub struct Store {
     /// Each partition's state, in memory (its durable form: the snapshot plus the log after it).
     states: std::sync::Mutex<BTreeMap<GroupId, SharedState>>,
     writer: Option<std_mpsc::Sender<Job>>,
+    /// Committed indexes waiting for the writer's next transaction.
+    committed: PendingCommitted,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Snapshot files: written and fsync'd outside the writer thread, so a large snapshot never holds up
     /// the group commit every partition shares.
@@ -167,11 +167,20 @@ impl Store {
         let (tx, rx) = std_mpsc::channel::<Job>();
         let writer_db = db.clone();
         let stats = Arc::new(StoreStats::default());
+        let committed = PendingCommitted::default();
         let thread = std::thread::Builder::new().name("rampart-store-writer".into()).spawn({
-            let stats = stats.clone();
-            move || write_loop(&writer_db, &rx, &stats)
+            let (stats, committed) = (stats.clone(), committed.clone());
+            move || write_loop(&writer_db, &rx, &committed, &stats)
         })?;
-        let store = Store { db, states: Default::default(), writer: Some(tx), thread: Some(thread), snapshots, stats };
+        let store = Store {
+            db,
+            states: Default::default(),
+            writer: Some(tx),
+            committed,
+            thread: Some(thread),
+            snapshots,
+            stats,
+        };
         store.remove_orphan_snapshots()?;
         Ok(Arc::new(store))
     }
@@ -218,13 +227,9 @@ impl Store {
 
     /// Runs `write` in the next group commit and waits until it is durable.
     async fn write(&self, write: Write) -> io::Result<()> {
-        self.enqueue(write, Flush::Durable).await
-    }
-
-    async fn enqueue(&self, write: Write, flush: Flush) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
-        writer.send((write, flush, tx)).map_err(|_| other("the storage writer has stopped"))?;
+        writer.send((write, tx)).map_err(|_| other("the storage writer has stopped"))?;
         rx.await.map_err(|_| other("the storage writer has stopped"))?
     }
 
@@ -277,7 +282,7 @@ impl Store {
     /// [`Store::state`].
     pub fn recover(self: &Arc<Self>, group: GroupId) -> io::Result<GroupState> {
         let mut state = self.snapshot_state(group)?;
-        let committed = self.read_meta::<Option<LogIdOf<C>>>(group, "committed")?.flatten();
+        let committed = self.read_committed(group)?;
         let from = state.applied.map_or(0, |l| l.index() + 1);
         if let Some(upto) = committed.map(|c| c.index()).filter(|&c| c >= from) {
             let mut entries = self.log(group).entries(from..=upto)?;
@@ -290,6 +295,15 @@ impl Store {
             }
         }
         Ok(state)
+    }
+
+    /// A group's latest committed index: the one waiting to be written, else the one written.
+    fn read_committed(&self, group: GroupId) -> io::Result<Option<LogIdOf<C>>> {
+        let pending = self.committed.lock().map_err(other)?.get(&group).cloned();
+        match pending {
+            Some(bytes) => decode::<Option<LogIdOf<C>>>(&bytes, &|| format!("group {group} committed")),
+            None => Ok(self.read_meta::<Option<LogIdOf<C>>>(group, "committed")?.flatten()),
+        }
     }
 
     /// The state of a partition this node replicates. The caller ensures a read is linearizable.
@@ -347,6 +361,9 @@ impl Store {
     pub async fn drop_group(&self, group: GroupId) -> io::Result<()> {
         if let Ok(mut states) = self.states.lock() {
             states.remove(&group);
+        }
+        if let Ok(mut committed) = self.committed.lock() {
+            committed.remove(&group);
         }
         let snapshot: Option<SnapshotRef> = self.read_meta(group, SNAPSHOT_KEY)?;
         self.write(Box::new(move |txn| {
@@ -465,21 +482,36 @@ fn migrate_state_rows(db: &Database, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, stats: &StoreStats) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
+fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCommitted, stats: &StoreStats) {
+    loop {
+        let (batch, closing) = match rx.recv_timeout(IDLE_FLUSH) {
+            Ok(first) => {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(w) => batch.push(w),
+                        Err(_) => break,
+                    }
+                }
+                (batch, false)
             }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => (Vec::new(), false),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => (Vec::new(), true),
+        };
+        let pending = committed.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+        if batch.is_empty() && pending.is_empty() {
+            if closing {
+                return;
+            }
+            continue;
         }
-        let durable = batch.iter().any(|(_, flush, _)| *flush == Flush::Durable);
+        // Only committed indexes, the writer idle: no fsync (unless the store is closing).
+        let durable = !batch.is_empty() || closing;
         use std::sync::atomic::Ordering::Relaxed;
         stats.commits.fetch_add(1, Relaxed);
         stats.durable_commits.fetch_add(u64::from(durable), Relaxed);
-        stats.writes.fetch_add(batch.len() as u64, Relaxed);
-        let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().map(|(w, _, tx)| (w, tx)).unzip();
+        stats.writes.fetch_add((batch.len() + pending.len()) as u64, Relaxed);
+        let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
         let result = (|| {
             let mut txn = db.begin_write().map_err(other)?;
             if !durable {
@@ -488,8 +520,16 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, stats: &StoreStats) {
             for w in writes {
                 w(&txn)?;
             }
+            let mut meta = txn.open_table(META).map_err(other)?;
+            for (group, bytes) in &pending {
+                meta.insert((*group, "committed"), bytes.as_slice()).map_err(other)?;
+            }
+            drop(meta);
             txn.commit().map_err(other)
         })();
+        if let Err(e) = &result {
+            tracing::error!("storage commit failed: {e}");
+        }
         for waiter in waiters {
             let r = match &result {
                 Ok(()) => Ok(()),
@@ -497,6 +537,9 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, stats: &StoreStats) {
             };
             // A waiter that gave up is not an error.
             let _ = waiter.send(r);
+        }
+        if closing {
+            return;
         }
     }
 }
@@ -563,14 +606,14 @@ impl LogStore {
         }
     }
 
-    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T, flush: Flush) -> io::Result<()> {
+    async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {
         let bytes = encode(value)?;
         let group = self.group;
         let write: Write = Box::new(move |txn| {
             txn.open_table(META).map_err(other)?.insert((group, key), bytes.as_slice()).map_err(other)?;
             Ok(())
         });
-        self.store.enqueue(write, flush).await
+        self.store.write(write).await
     }
 
     /// Deletes the entries of this group with index in `lo..=hi`.
@@ -607,18 +650,21 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
-        self.put_meta("vote", vote, Flush::Durable).await
+        self.put_meta("vote", vote).await
     }
 
-    /// Without an fsync of its own: a `committed` lost in a crash only means a restarted replica re-applies up
-    /// to an older index and catches up from its leader; every read is served by a leader after a ReadIndex
-    /// round, which covers every entry committed before it.
+    /// Kept in memory until the writer's next transaction (see the module's "Group commit"): a `committed`
+    /// lost in a crash only means a restarted replica re-applies up to an older index and catches up from its
+    /// leader; every read is served by a leader after a ReadIndex round, which covers every entry committed
+    /// before it.
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        self.put_meta("committed", &committed, Flush::Lazy).await
+        let bytes = encode(&committed)?;
+        self.store.committed.lock().map_err(other)?.insert(self.group, bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.store.read_meta::<Option<LogIdOf<C>>>(self.group, "committed")?.flatten())
+        self.store.read_committed(self.group)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>

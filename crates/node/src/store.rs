@@ -76,8 +76,15 @@ const CONFIG_EPOCH_KEY: &str = "cluster/epoch";
 const SHAPE_GROUP: GroupId = u32::MAX;
 type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
 
-/// A write, on disk (fsync'd) before its waiter hears back, and the waiter.
-type Job = (Write, oneshot::Sender<io::Result<()>>);
+/// What to do once a write's transaction committed (fsync'd) or failed; called on the writer thread.
+type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// A write and what to do once it is on disk.
+type Job = (Write, Done);
+
+/// A group's log entries handed to the writer and not yet committed: readable from here until they are
+/// readable from the database (openraft reads an entry as soon as `append` returns, before it is durable).
+type Unflushed = Arc<std::sync::Mutex<BTreeMap<u64, EntryOf<C>>>>;
 
 /// Each group's latest committed index (encoded), not yet written.
 type PendingCommitted = Arc<std::sync::Mutex<BTreeMap<GroupId, Vec<u8>>>>;
@@ -124,6 +131,8 @@ pub struct Store {
     writer: Option<std_mpsc::Sender<Job>>,
     /// Committed indexes waiting for the writer's next transaction.
     committed: PendingCommitted,
+    /// Each group's appended entries not yet committed to the database.
+    unflushed: std::sync::Mutex<BTreeMap<GroupId, Unflushed>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Snapshot files: written and fsync'd outside the writer thread, so a large snapshot never holds up
     /// the group commit every partition shares.
@@ -177,6 +186,7 @@ impl Store {
             states: Default::default(),
             writer: Some(tx),
             committed,
+            unflushed: Default::default(),
             thread: Some(thread),
             snapshots,
             stats,
@@ -228,9 +238,20 @@ impl Store {
     /// Runs `write` in the next group commit and waits until it is durable.
     async fn write(&self, write: Write) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
-        writer.send((write, tx)).map_err(|_| other("the storage writer has stopped"))?;
+        self.submit(
+            write,
+            Box::new(move |r| {
+                // A waiter that gave up is not an error.
+                let _ = tx.send(r);
+            }),
+        )?;
         rx.await.map_err(|_| other("the storage writer has stopped"))?
+    }
+
+    /// Queues `write` for the next group commit; `done` runs once it committed or failed.
+    fn submit(&self, write: Write, done: Done) -> io::Result<()> {
+        let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
+        writer.send((write, done)).map_err(|_| other("the storage writer has stopped"))
     }
 
     fn read_meta<T: DeserializeOwned>(&self, group: GroupId, key: &str) -> io::Result<Option<T>> {
@@ -244,7 +265,11 @@ impl Store {
 
     /// The log store of one partition group.
     pub fn log(self: &Arc<Self>, group: GroupId) -> LogStore {
-        LogStore { store: self.clone(), group }
+        let unflushed = match self.unflushed.lock() {
+            Ok(mut u) => u.entry(group).or_default().clone(),
+            Err(p) => p.into_inner().entry(group).or_default().clone(),
+        };
+        LogStore { store: self.clone(), group, unflushed }
     }
 
     /// The state machine of one partition group, its state loaded from the group's snapshot (and checked);
@@ -364,6 +389,9 @@ impl Store {
         }
         if let Ok(mut committed) = self.committed.lock() {
             committed.remove(&group);
+        }
+        if let Ok(mut unflushed) = self.unflushed.lock() {
+            unflushed.remove(&group);
         }
         let snapshot: Option<SnapshotRef> = self.read_meta(group, SNAPSHOT_KEY)?;
         self.write(Box::new(move |txn| {
@@ -511,7 +539,7 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
         stats.commits.fetch_add(1, Relaxed);
         stats.durable_commits.fetch_add(u64::from(durable), Relaxed);
         stats.writes.fetch_add((batch.len() + pending.len()) as u64, Relaxed);
-        let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+        let (writes, dones): (Vec<Write>, Vec<Done>) = batch.into_iter().unzip();
         let result = (|| {
             let mut txn = db.begin_write().map_err(other)?;
             if !durable {
@@ -530,13 +558,11 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
         if let Err(e) = &result {
             tracing::error!("storage commit failed: {e}");
         }
-        for waiter in waiters {
-            let r = match &result {
+        for done in dones {
+            done(match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            // A waiter that gave up is not an error.
-            let _ = waiter.send(r);
+            });
         }
         if closing {
             return;
@@ -576,34 +602,51 @@ fn delete_entries(txn: &WriteTransaction, group: GroupId, lo: u64, hi: u64) -> i
 pub struct LogStore {
     store: Arc<Store>,
     group: GroupId,
+    unflushed: Unflushed,
 }
 
 impl LogStore {
     fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<EntryOf<C>>> {
         let Some((lo, hi)) = bounds(self.group, range) else { return Ok(Vec::new()) };
+        // The unflushed entries first: one that commits meanwhile is then in the database read below. Where both
+        // hold an index, the unflushed entry is the newer.
+        let mut out: BTreeMap<u64, EntryOf<C>> =
+            self.unflushed.lock().map_err(other)?.range(lo.1..=hi.1).map(|(i, e)| (*i, e.clone())).collect();
         let txn = self.store.db.begin_read().map_err(other)?;
         let table = txn.open_table(LOGS).map_err(other)?;
-        let mut out = Vec::new();
         for item in table.range(lo..=hi).map_err(other)? {
             let (k, v) = item.map_err(other)?;
             let (g, i) = k.value();
-            out.push(decode(v.value(), &|| format!("group {g} log entry {i}"))?);
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(i) {
+                slot.insert(decode(v.value(), &|| format!("group {g} log entry {i}"))?);
+            }
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 
     fn last_entry(&self) -> io::Result<Option<EntryOf<C>>> {
+        let unflushed = self.unflushed.lock().map_err(other)?.last_key_value().map(|(_, e)| e.clone());
         let txn = self.store.db.begin_read().map_err(other)?;
         let table = txn.open_table(LOGS).map_err(other)?;
         let last = table.range((self.group, 0)..=(self.group, u64::MAX)).map_err(other)?.next_back();
-        match last {
+        let stored = match last {
             Some(item) => {
                 let (k, v) = item.map_err(other)?;
                 let (g, i) = k.value();
-                decode(v.value(), &|| format!("group {g} log entry {i}")).map(Some)
+                Some(decode::<EntryOf<C>>(v.value(), &|| format!("group {g} log entry {i}"))?)
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        Ok(match (unflushed, stored) {
+            (Some(u), Some(s)) => Some(if u.index() >= s.index() { u } else { s }),
+            (u, s) => u.or(s),
+        })
+    }
+
+    /// Forgets unflushed entries in `lo..=hi` once their removal from the database committed.
+    fn forget_unflushed(&self, lo: u64, hi: u64) -> io::Result<()> {
+        self.unflushed.lock().map_err(other)?.retain(|i, _| *i < lo || *i > hi);
+        Ok(())
     }
 
     async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {
@@ -619,7 +662,8 @@ impl LogStore {
     /// Deletes the entries of this group with index in `lo..=hi`.
     async fn delete_range(&self, lo: u64, hi: u64) -> io::Result<()> {
         let group = self.group;
-        self.store.write(Box::new(move |txn| delete_entries(txn, group, lo, hi))).await
+        self.store.write(Box::new(move |txn| delete_entries(txn, group, lo, hi))).await?;
+        self.forget_unflushed(lo, hi)
     }
 }
 
@@ -667,41 +711,55 @@ impl RaftLogStorage<C> for LogStore {
         self.store.read_committed(self.group)
     }
 
+    /// Returns once the entries are queued for the writer and readable (from memory until they commit); the
+    /// callback hears back once the transaction holding them is fsync'd. openraft calls this inside a group's
+    /// core loop: the group goes on (sends the entries to its followers, takes the next writes) while the disk
+    /// works.
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<EntryOf<C>> = entries.into_iter().collect();
         let rows: Vec<(u64, Vec<u8>)> =
-            match entries.into_iter().map(|e| Ok((e.index(), encode(&e)?))).collect::<io::Result<_>>() {
+            match entries.iter().map(|e| Ok((e.index(), encode(e)?))).collect::<io::Result<_>>() {
                 Ok(rows) => rows,
                 Err(e) => {
                     callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
                     return Err(e);
                 }
             };
-        let group = self.group;
-        let result = self
-            .store
-            .write(Box::new(move |txn| {
-                let mut table = txn.open_table(LOGS).map_err(other)?;
-                for (i, bytes) in &rows {
-                    table.insert((group, *i), bytes.as_slice()).map_err(other)?;
-                }
-                Ok(())
-            }))
-            .await;
-        // Reported only now: the transaction holding the entries has been fsynced.
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
+        let ids: Vec<LogIdOf<C>> = entries.iter().map(|e| e.log_id()).collect();
+        {
+            let mut unflushed = self.unflushed.lock().map_err(other)?;
+            for entry in entries {
+                unflushed.insert(entry.index(), entry);
             }
         }
+        let group = self.group;
+        let write: Write = Box::new(move |txn| {
+            let mut table = txn.open_table(LOGS).map_err(other)?;
+            for (i, bytes) in &rows {
+                table.insert((group, *i), bytes.as_slice()).map_err(other)?;
+            }
+            Ok(())
+        });
+        let unflushed = self.unflushed.clone();
+        let done: Done = Box::new(move |result| {
+            if result.is_ok() {
+                // Readable from the database now. An index appended again meanwhile keeps its newer entry.
+                if let Ok(mut u) = unflushed.lock() {
+                    for id in &ids {
+                        if u.get(&id.index()).is_some_and(|e| e.log_id() == *id) {
+                            u.remove(&id.index());
+                        }
+                    }
+                }
+            }
+            // Reported only now: the transaction holding the entries has been fsynced (or failed).
+            callback.io_completed(result);
+        });
+        self.store.submit(write, done)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -719,7 +777,8 @@ impl RaftLogStorage<C> for LogStore {
                 txn.open_table(META).map_err(other)?.insert((group, "purged"), bytes.as_slice()).map_err(other)?;
                 delete_entries(txn, group, 0, upto)
             }))
-            .await
+            .await?;
+        self.forget_unflushed(0, upto)
     }
 }
 

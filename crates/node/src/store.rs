@@ -789,6 +789,14 @@ struct SnapshotBlob {
     trade: Vec<Row>,
 }
 
+/// The same contents encoded straight from a live state (postcard writes a map as a sequence of pairs, so it
+/// decodes as a [`SnapshotBlob`]).
+#[derive(Serialize)]
+struct SnapshotBlobRef<'a> {
+    kv: &'a BTreeMap<String, String>,
+    trade: Vec<Row>,
+}
+
 /// A group's current snapshot: its metadata in the database (meta key [`SNAPSHOT_KEY`]), its bytes in a file of
 /// their own under the `snapshots` directory beside the database.
 #[derive(Debug, Serialize, Deserialize)]
@@ -908,26 +916,24 @@ pub struct StateMachine {
 pub struct SnapshotView {
     store: Arc<Store>,
     group: GroupId,
-    meta: SnapshotMetaOf<C>,
-    blob: SnapshotBlob,
+    /// The state's metadata and encoded bytes, or why they could not be taken.
+    taken: Option<io::Result<(SnapshotMetaOf<C>, Vec<u8>)>>,
 }
 
 impl RaftSnapshotBuilder<C> for SnapshotView {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
-        let (store, group, meta) = (self.store.clone(), self.group, self.meta.clone());
-        let blob = std::mem::replace(&mut self.blob, SnapshotBlob { kv: Vec::new(), trade: Vec::new() });
-        // Encoding the state and writing its file take a while for a large partition: off the async runtime, and
-        // outside the shared writer (only the small record of the snapshot goes through it).
+        let (meta, data) = self.taken.take().unwrap_or_else(|| Err(other("the snapshot was already built")))?;
+        let (store, group, file_meta) = (self.store.clone(), self.group, meta.clone());
+        // Writing a large partition's file takes a while: off the async runtime, and outside the shared writer (only
+        // the small record of the snapshot goes through it).
         let (data, file) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let data = postcard::to_allocvec(&blob).map_err(other)?;
-            let file = store.write_snapshot_file(group, &meta, &data)?;
+            let file = store.write_snapshot_file(group, &file_meta, &data)?;
             Ok((data, file))
         })
         .await
         .map_err(other)??;
-        let meta = self.meta.clone();
         let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
         let built_at = meta.last_log_id;
         // The file that ends up referred to by nothing: the one replaced, or this one if a newer snapshot was
@@ -996,19 +1002,21 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Called between applies: the view is of one applied index, whatever is applied while it is written.
-        let (meta, blob) = match self.state.lock() {
-            Ok(state) => (
-                SnapshotMetaOf::<C> { last_log_id: state.applied, last_membership: state.membership.clone() },
-                SnapshotBlob {
-                    kv: state.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    trade: state.shard.rows(),
-                },
-            ),
-            // A poisoned lock means an apply panicked: a snapshot of nothing applied is never recorded.
-            Err(_) => (SnapshotMetaOf::<C>::default(), SnapshotBlob { kv: Vec::new(), trade: Vec::new() }),
+        // Called between applies: the view is of one applied index, whatever is applied while its file is written.
+        // Encoding a large partition takes a while and holds its lock: the worker thread is handed over to the
+        // runtime's other tasks meanwhile (heartbeats, other partitions), where the runtime allows it.
+        let take = || -> io::Result<(SnapshotMetaOf<C>, Vec<u8>)> {
+            let state = self.state.lock().map_err(other)?;
+            let meta = SnapshotMetaOf::<C> { last_log_id: state.applied, last_membership: state.membership.clone() };
+            let data =
+                postcard::to_allocvec(&SnapshotBlobRef { kv: &state.kv, trade: state.shard.rows() }).map_err(other)?;
+            Ok((meta, data))
         };
-        SnapshotView { store: self.store.clone(), group: self.group, meta, blob }
+        let taken = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(take),
+            _ => take(),
+        };
+        SnapshotView { store: self.store.clone(), group: self.group, taken: Some(taken) }
     }
 
     async fn install_snapshot(
@@ -1066,6 +1074,17 @@ impl RaftStateMachine<C> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot encoded from a live state decodes as the stored form, row for row.
+    #[test]
+    fn a_snapshot_taken_from_the_live_state_decodes_as_a_snapshot_blob() {
+        let kv: BTreeMap<String, String> = [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())].into();
+        let shard = Shard::new(3);
+        let bytes = postcard::to_allocvec(&SnapshotBlobRef { kv: &kv, trade: shard.rows() }).expect("encode");
+        let blob: SnapshotBlob = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(blob.kv, kv.into_iter().collect::<Vec<_>>());
+        assert_eq!(blob.trade, shard.rows());
+    }
 
     /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.
     #[test]

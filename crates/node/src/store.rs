@@ -218,8 +218,55 @@ impl Store {
         Ok(())
     }
 
-    fn write_snapshot_file(&self, group: GroupId, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<String> {
-        write_snapshot_file(&self.snapshots, group, meta, data)
+    /// Writes a snapshot's file (off the async runtime) and records it as the group's current snapshot, in one
+    /// fsync'd commit; with `only_if_newer`, only if it is newer than the one recorded (a snapshot built in the
+    /// background must not replace one installed meanwhile). The file that ends up referred to by nothing (the one
+    /// replaced, or this one) is deleted; if the commit fails, this one is. Returns the bytes.
+    async fn record_snapshot(
+        self: &Arc<Self>,
+        group: GroupId,
+        meta: &SnapshotMetaOf<C>,
+        data: Vec<u8>,
+        only_if_newer: bool,
+    ) -> io::Result<Vec<u8>> {
+        let (store, file_meta) = (self.clone(), meta.clone());
+        let (data, file) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let file = write_snapshot_file(&store.snapshots, group, &file_meta, &data)?;
+            Ok((data, file))
+        })
+        .await
+        .map_err(other)??;
+        let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
+        let at = meta.last_log_id;
+        let unused = Arc::new(std::sync::Mutex::new(None));
+        let recorded = self
+            .write(Box::new({
+                let (unused, file) = (unused.clone(), file.clone());
+                move |txn| {
+                    let mut table = txn.open_table(META).map_err(other)?;
+                    let current = snapshot_record(&table, group)?;
+                    *unused.lock().map_err(other)? =
+                        if !only_if_newer || at > current.as_ref().and_then(|c| c.meta.last_log_id) {
+                            table.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;
+                            current.map(|c| c.file)
+                        } else {
+                            Some(file)
+                        };
+                    Ok(())
+                }
+            }))
+            .await;
+        let unused = match recorded {
+            Ok(()) => unused.lock().map_err(other)?.take(),
+            Err(e) => {
+                self.remove_snapshot_file(&file);
+                return Err(e);
+            }
+        };
+        if let Some(name) = unused {
+            self.remove_snapshot_file(&name);
+        }
+        Ok(data)
     }
 
     /// A snapshot file's bytes, checked against their CRC.
@@ -265,11 +312,8 @@ impl Store {
 
     /// The log store of one partition group.
     pub fn log(self: &Arc<Self>, group: GroupId) -> LogStore {
-        let unflushed = match self.unflushed.lock() {
-            Ok(mut u) => u.entry(group).or_default().clone(),
-            Err(p) => p.into_inner().entry(group).or_default().clone(),
-        };
-        LogStore { store: self.clone(), group, unflushed }
+        let mut all = self.unflushed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        LogStore { store: self.clone(), group, unflushed: all.entry(group).or_default().clone() }
     }
 
     /// The state machine of one partition group, its state loaded from the group's snapshot (and checked);
@@ -310,9 +354,9 @@ impl Store {
         let committed = self.read_committed(group)?;
         let from = state.applied.map_or(0, |l| l.index() + 1);
         if let Some(upto) = committed.map(|c| c.index()).filter(|&c| c >= from) {
+            // Distinct indexes within `from..=upto`: as many as the range holds means none is missing.
             let mut entries = self.log(group).entries(from..=upto)?;
-            let (first, last) = (entries.first().map(|e| e.index()), entries.last().map(|e| e.index()));
-            if first != Some(from) || last != Some(upto) || entries.len() as u64 != upto - from + 1 {
+            if entries.len() as u64 != upto - from + 1 {
                 return Err(invalid(format!("group {group}: the log lacks committed entries {from}..={upto}")));
             }
             for entry in &mut entries {
@@ -925,43 +969,7 @@ impl RaftSnapshotBuilder<C> for SnapshotView {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
         let (meta, data) = self.taken.take().unwrap_or_else(|| Err(other("the snapshot was already built")))?;
-        let (store, group, file_meta) = (self.store.clone(), self.group, meta.clone());
-        // Writing a large partition's file takes a while: off the async runtime, and outside the shared writer (only
-        // the small record of the snapshot goes through it).
-        let (data, file) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let file = store.write_snapshot_file(group, &file_meta, &data)?;
-            Ok((data, file))
-        })
-        .await
-        .map_err(other)??;
-        let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
-        let built_at = meta.last_log_id;
-        // The file that ends up referred to by nothing: the one replaced, or this one if a newer snapshot was
-        // installed meanwhile (built in the background, this one must not replace it).
-        let obsolete = Arc::new(std::sync::Mutex::new(None));
-        let recorded = self
-            .store
-            .write(Box::new({
-                let obsolete = obsolete.clone();
-                move |txn| {
-                    let mut table = txn.open_table(META).map_err(other)?;
-                    let current = snapshot_record(&table, group)?;
-                    let unused = if built_at > current.as_ref().and_then(|c| c.meta.last_log_id) {
-                        table.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;
-                        current.map(|c| c.file)
-                    } else {
-                        Some(file)
-                    };
-                    *obsolete.lock().map_err(other)? = unused;
-                    Ok(())
-                }
-            }))
-            .await;
-        let unused = obsolete.lock().map_err(other)?.take();
-        if let Some(name) = unused {
-            self.store.remove_snapshot_file(&name);
-        }
-        recorded?;
+        let data = self.store.record_snapshot(self.group, &meta, data, true).await?;
         Ok(SnapshotOf::<C, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) })
     }
 }
@@ -1026,39 +1034,9 @@ impl RaftStateMachine<C> for StateMachine {
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
         let group = self.group;
-        // Checked whole before anything is written; then its file, then its record.
+        // Checked whole before anything is written; then its file and its record.
         let installed = GroupState::from_snapshot(group, meta, &data)?;
-        let current = self.store.read_meta::<SnapshotRef>(group, SNAPSHOT_KEY)?;
-        if current.as_ref().is_some_and(|c| c.meta == *meta) {
-            // This node's own snapshot, installed again to restore the state at start: already on disk.
-            *self.state.lock().map_err(other)? = installed;
-            return Ok(());
-        }
-        let (store, file_meta) = (self.store.clone(), meta.clone());
-        let file = tokio::task::spawn_blocking(move || store.write_snapshot_file(group, &file_meta, &data))
-            .await
-            .map_err(other)??;
-        let stored = encode(&SnapshotRef { meta: meta.clone(), file: file.clone() })?;
-        let replaced = Arc::new(std::sync::Mutex::new(None));
-        let recorded = self
-            .store
-            .write(Box::new({
-                let replaced = replaced.clone();
-                move |txn| {
-                    let mut m = txn.open_table(META).map_err(other)?;
-                    *replaced.lock().map_err(other)? = snapshot_record(&m, group)?.map(|old| old.file);
-                    m.insert((group, SNAPSHOT_KEY), stored.as_slice()).map_err(other)?;
-                    Ok(())
-                }
-            }))
-            .await;
-        if let Err(e) = recorded {
-            self.store.remove_snapshot_file(&file);
-            return Err(e);
-        }
-        if let Some(old) = replaced.lock().map_err(other)?.take() {
-            self.store.remove_snapshot_file(&old);
-        }
+        self.store.record_snapshot(group, meta, data, false).await?;
         *self.state.lock().map_err(other)? = installed;
         Ok(())
     }

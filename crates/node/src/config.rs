@@ -31,6 +31,36 @@ pub struct RawConfig {
     pub replace_after_ms: Option<u64>,
     pub snapshot_logs: Option<u64>,
     pub snapshot_chunk_bytes: Option<u64>,
+    pub cluster_token: Option<ClusterToken>,
+}
+
+/// The secret every member presents on the peer port (Raft and internal RPC); never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ClusterToken(String);
+
+impl ClusterToken {
+    pub fn new(token: String) -> ClusterToken {
+        ClusterToken(token)
+    }
+
+    /// The `Authorization` header value that presents it.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+
+    /// Whether an `Authorization` header value presents this token, compared in constant time.
+    pub fn is_presented_by(&self, header: &[u8]) -> bool {
+        let expected = self.header_value();
+        let expected = expected.as_bytes();
+        header.len() == expected.len() && header.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl std::fmt::Debug for ClusterToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterToken(<redacted>)")
+    }
 }
 
 impl RawConfig {
@@ -54,6 +84,7 @@ impl RawConfig {
             replace_after_ms: self.replace_after_ms.or(lower.replace_after_ms),
             snapshot_logs: self.snapshot_logs.or(lower.snapshot_logs),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(lower.snapshot_chunk_bytes),
+            cluster_token: self.cluster_token.or(lower.cluster_token),
         }
     }
 
@@ -100,6 +131,9 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     /// Snapshots travel to a replica in chunks of this many bytes.
     pub snapshot_chunk_bytes: usize,
+    /// When set, the peer port serves Raft and internal RPC only to requests presenting it, and this node
+    /// presents it on its own.
+    pub cluster_token: Option<ClusterToken>,
 }
 
 /// A setting is missing or out of range. Nothing was started.
@@ -213,6 +247,11 @@ impl NodeConfig {
         if !(1024..=32 << 20).contains(&snapshot_chunk_bytes) {
             return Err(invalid("snapshot_chunk_bytes", "use 1024 to 33554432 (32 MiB)"));
         }
+        if let Some(ClusterToken(token)) = &raw.cluster_token {
+            if !(16..=256).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid("cluster_token", "use 16 to 256 visible ASCII characters (no spaces)"));
+            }
+        }
         Ok(NodeConfig {
             id,
             http,
@@ -230,6 +269,7 @@ impl NodeConfig {
             replace_after,
             snapshot_logs,
             snapshot_chunk_bytes: snapshot_chunk_bytes as usize,
+            cluster_token: raw.cluster_token,
         })
     }
 }
@@ -267,6 +307,19 @@ mod tests {
         assert!(RawConfig::from_toml("nonsense = 1").is_err(), "unknown keys are refused");
     }
 
+    /// The token is taken from a file like any setting, checked in constant time, and never printed.
+    #[test]
+    fn a_cluster_token_is_checked_and_never_printed() {
+        let file = RawConfig::from_toml(r#"cluster_token = "s3cret-s3cret-s3cret""#).unwrap();
+        let c = NodeConfig::from_raw(raw().or(file)).unwrap();
+        let token = c.cluster_token.clone().expect("from the file");
+        assert!(token.is_presented_by(b"Bearer s3cret-s3cret-s3cret"));
+        assert!(!token.is_presented_by(b"Bearer s3cret-s3cret-s3creT"));
+        assert!(!token.is_presented_by(b"Bearer s3cret-s3cret-s3cret "));
+        assert!(!token.is_presented_by(b""));
+        assert!(!format!("{c:?}").contains("s3cret"), "the settings print the token");
+    }
+
     #[test]
     fn errors_name_the_setting() {
         let cases: Vec<(RawConfig, &str)> = vec![
@@ -282,6 +335,11 @@ mod tests {
             (RawConfig { idempotency_retention_ms: Some(1), ..raw() }, "idempotency_retention_ms"),
             (RawConfig { snapshot_logs: Some(1), ..raw() }, "snapshot_logs"),
             (RawConfig { snapshot_chunk_bytes: Some(1 << 30), ..raw() }, "snapshot_chunk_bytes"),
+            (RawConfig { cluster_token: Some(ClusterToken::new("short".into())), ..raw() }, "cluster_token"),
+            (
+                RawConfig { cluster_token: Some(ClusterToken::new("a token with spaces".into())), ..raw() },
+                "cluster_token",
+            ),
         ];
         for (r, field) in cases {
             let err = NodeConfig::from_raw(r).unwrap_err().to_string();

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+use crate::config::ClusterToken;
 use crate::types::{GroupId, PeerNode, RaftId, TypeConfig};
 
 type C = TypeConfig;
@@ -104,10 +105,12 @@ pub struct Peers {
     lanes: Arc<Mutex<BTreeMap<RaftId, mpsc::UnboundedSender<Pending>>>>,
     /// Snapshots are sent in chunks of this many bytes.
     snapshot_chunk: usize,
+    /// Presented on every call, when the cluster has one.
+    token: Option<ClusterToken>,
 }
 
 impl Peers {
-    pub fn new(nodes: BTreeMap<RaftId, PeerNode>, snapshot_chunk: usize) -> Self {
+    pub fn new(nodes: BTreeMap<RaftId, PeerNode>, snapshot_chunk: usize, token: Option<ClusterToken>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
@@ -118,6 +121,7 @@ impl Peers {
             nodes: Arc::new(RwLock::new(nodes)),
             lanes: Arc::default(),
             snapshot_chunk: snapshot_chunk.max(1),
+            token,
         }
     }
 
@@ -135,7 +139,7 @@ impl Peers {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let addr = peer_addr(&self.nodes, target)?;
-        exchange(&self.client, addr, path, req, timeout).await
+        exchange(&self.client, self.token.as_ref(), addr, path, req, timeout).await
     }
 
     /// Adds or updates a node's addresses.
@@ -151,8 +155,10 @@ impl Peers {
         path: &str,
         req: &Req,
         timeout: Duration,
+        token: Option<&ClusterToken>,
     ) -> Result<Resp, CallError> {
-        exchange(&Peers::new(BTreeMap::new(), 1).client, addr.to_string(), path, req, timeout).await
+        let client = Peers::new(BTreeMap::new(), 1, None).client;
+        exchange(&client, token, addr.to_string(), path, req, timeout).await
     }
 
     /// Sends one Raft message through `target`'s lane and decodes the answer.
@@ -182,7 +188,7 @@ impl Peers {
             return lane.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_lane(self.client.clone(), self.nodes.clone(), target, rx));
+        tokio::spawn(run_lane(self.client.clone(), self.token.clone(), self.nodes.clone(), target, rx));
         lanes.insert(target, tx.clone());
         tx
     }
@@ -195,6 +201,7 @@ fn peer_addr(nodes: &RwLock<BTreeMap<RaftId, PeerNode>>, target: RaftId) -> Resu
 /// A lane: takes what is queued for `target` into batches, at most [`LANE_WINDOW`] in flight.
 async fn run_lane(
     client: HttpClient,
+    token: Option<ClusterToken>,
     nodes: Arc<RwLock<BTreeMap<RaftId, PeerNode>>>,
     target: RaftId,
     mut queue: mpsc::UnboundedReceiver<Pending>,
@@ -222,21 +229,26 @@ async fn run_lane(
             continue;
         }
         let addr = peer_addr(&nodes, target);
-        let client = client.clone();
+        let (client, token) = (client.clone(), token.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            send_batch(&client, addr, batch).await;
+            send_batch(&client, token.as_ref(), addr, batch).await;
         });
     }
 }
 
-async fn send_batch(client: &HttpClient, addr: Result<String, CallError>, batch: Vec<Pending>) {
+async fn send_batch(
+    client: &HttpClient,
+    token: Option<&ClusterToken>,
+    addr: Result<String, CallError>,
+    batch: Vec<Pending>,
+) {
     let now = Instant::now();
     let timeout = batch.iter().map(|p| p.deadline.saturating_duration_since(now)).max().unwrap_or_default();
     let (envelopes, waiters): (Vec<Envelope>, Vec<oneshot::Sender<Reply>>) =
         batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
     let answer: Result<Vec<Reply>, CallError> = match addr {
-        Ok(addr) => exchange(client, addr, "/raft/batch", &envelopes, timeout.min(RPC_TIMEOUT)).await,
+        Ok(addr) => exchange(client, token, addr, "/raft/batch", &envelopes, timeout.min(RPC_TIMEOUT)).await,
         Err(e) => Err(e),
     };
     match answer {
@@ -263,6 +275,7 @@ async fn send_batch(client: &HttpClient, addr: Result<String, CallError>, batch:
 /// POSTs `req` (postcard) to `path` on the peer address `addr` and decodes the answer.
 async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
     client: &HttpClient,
+    token: Option<&ClusterToken>,
     addr: String,
     path: &str,
     req: &Req,
@@ -270,8 +283,12 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
 ) -> Result<Resp, CallError> {
     let body = postcard::to_allocvec(req).map_err(|e| CallError::Decode(addr.clone(), e.to_string()))?;
     let exchange = async {
-        let request = Request::post(format!("http://{addr}{path}"))
-            .header(header::CONTENT_TYPE, "application/octet-stream")
+        let mut request =
+            Request::post(format!("http://{addr}{path}")).header(header::CONTENT_TYPE, "application/octet-stream");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, token.header_value());
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
         let response = client.request(request).await.map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
@@ -513,7 +530,7 @@ mod tests {
         let requests = Arc::new(AtomicUsize::new(0));
         let addr = peer(requests.clone()).await;
         let node = PeerNode { id: "p".into(), peer: addr.to_string(), http: String::new() };
-        let peers = Peers::new(BTreeMap::from([(1, node)]), 1024);
+        let peers = Peers::new(BTreeMap::from([(1, node)]), 1024, None);
         let calls = (0..200u32).map(|g| {
             let peers = peers.clone();
             async move { peers.raft_call::<u32, u32>(1, g, RaftOp::Vote, &(g * 7), Duration::from_secs(5)).await }

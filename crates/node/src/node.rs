@@ -180,10 +180,15 @@ impl Node {
             Bootstrap::Join(addr) => {
                 // Ask a member to add this node; the answer is the configuration that holds it.
                 let op = AdminOp::Join { member: this.clone(), addr: this_addr.clone() };
-                let answer: Result<ClusterConfig, AdminError> =
-                    Peers::call_addr(*addr, "/internal/admin", &op, Duration::from_secs(90))
-                        .await
-                        .map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
+                let answer: Result<ClusterConfig, AdminError> = Peers::call_addr(
+                    *addr,
+                    "/internal/admin",
+                    &op,
+                    Duration::from_secs(90),
+                    config.cluster_token.as_ref(),
+                )
+                .await
+                .map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
                 let joined = answer.map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
                 if (joined.partitions, joined.replicas) != shape {
                     return Err(StartError::Mismatch(format!(
@@ -198,7 +203,7 @@ impl Node {
         let mut nodes: BTreeMap<RaftId, PeerNode> =
             cluster.config.addrs.iter().map(|(id, n)| (raft_id(id), n.clone())).collect();
         nodes.insert(me, this_addr);
-        let peers = Peers::new(nodes, config.snapshot_chunk_bytes);
+        let peers = Peers::new(nodes, config.snapshot_chunk_bytes, config.cluster_token.clone());
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: "rampart".into(),
@@ -740,7 +745,8 @@ fn bad_request(e: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, e.to_string()).into_response()
 }
 
-/// The peer RPC server: Raft messages per group and forwarded requests.
+/// The peer RPC server: Raft messages per group and forwarded requests, only to callers presenting the cluster
+/// token when there is one; and the membership's HTTP probes (which, like its UDP packets, carry none).
 fn peer_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/raft/batch", post(raft_batch))
@@ -751,8 +757,24 @@ fn peer_router(node: Arc<Node>) -> Router {
         .route("/internal/members/{group}", post(members_rpc))
         .route("/internal/drop/{group}", post(drop_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), require_cluster_token))
         .with_state(node.clone())
         .merge(rampart_membership_net::http::router(node.membership.clone()))
+}
+
+/// Refuses a peer request that does not present the cluster token (401, before its body is read).
+async fn require_cluster_token(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &node.config.cluster_token {
+        let presented = request.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        if !presented.is_some_and(|p| token.is_presented_by(p)) {
+            return (StatusCode::UNAUTHORIZED, "this peer port needs the cluster token").into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// A batch of Raft messages from one peer: each goes to its group's Raft, all at once, and the answers come back

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use rampart_node::config::{NodeConfig, RawConfig};
+use rampart_node::config::{ClusterToken, NodeConfig, RawConfig};
 
 /// Settings from flags or `RAMPART_*` environment variables; `--config FILE` supplies the rest (TOML with the
 /// same names in snake case). A flag beats the environment, which beats the file.
@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Snapshots travel to a replica in chunks of this many bytes (1024 to 33554432, default 1048576).
     #[arg(long, env = "RAMPART_SNAPSHOT_CHUNK_BYTES")]
     snapshot_chunk_bytes: Option<u64>,
+    /// A secret of 16 to 256 visible ASCII characters shared by every member: the peer port then serves Raft and
+    /// internal RPC only to callers presenting it (prefer the environment or the file to the flag, which `ps` shows).
+    #[arg(long, env = "RAMPART_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
     /// A TOML settings file.
     #[arg(long, env = "RAMPART_CONFIG")]
     config: Option<PathBuf>,
@@ -92,6 +96,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         replace_after_ms: args.replace_after_ms,
         snapshot_logs: args.snapshot_logs,
         snapshot_chunk_bytes: args.snapshot_chunk_bytes,
+        cluster_token: args.cluster_token.map(ClusterToken::new),
     };
     let config = NodeConfig::from_raw(flags.or(file))?;
     // Logs to stderr: RAMPART_LOG=error|warn|info|debug|trace (info by default).

@@ -1,7 +1,8 @@
 //! Real processes: three `rampart serve` nodes on loopback, written to through any node while each node in
 //! turn is killed with SIGKILL and restarted on its data directory. Every acknowledged write must be readable
 //! afterwards, from every node, also after the whole cluster is killed at once. A node that comes back after its
-//! peers purged the log it missed catches up from a snapshot sent in chunks.
+//! peers purged the log it missed catches up from a snapshot sent in chunks. A member without the cluster token is
+//! shut out of the peer port, and catches up once it has it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -378,4 +379,65 @@ fn a_data_directory_refuses_a_different_cluster_shape() {
     assert_eq!(second.status.code(), Some(2));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("8 partitions x 1 replicas, not 16 x 1"), "{err}");
+}
+
+/// POSTs `body` to `path` on node `i`'s peer port, presenting `authorization` if given: the status.
+fn peer_post(cluster: &Cluster, i: usize, path: &str, authorization: Option<&str>, body: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], cluster.base + 50 + i as u16));
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).ok()?;
+    conn.write_all(body).ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_peer_port_serves_only_members_presenting_the_cluster_token() {
+    const GOOD: &str = "correct-horse-battery-staple";
+    const WRONG: &str = "incorrect-horse-battery-staple";
+    fn applied(cluster: &Cluster, i: usize) -> u64 {
+        (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_last_applied_index{{partition=\"{p}\"}}"))).sum()
+    }
+    let mut cluster = Cluster::new(28_000, &["--partitions", "4", "--cluster-token", GOOD]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    assert!(put(&cluster, 0, "first", "v"), "the cluster with the token takes writes");
+    // n2 comes back with another token: the two members with the right one are a majority and go on without it.
+    cluster.kill9(2);
+    cluster.settings = vec!["--partitions", "4", "--cluster-token", WRONG];
+    cluster.start(2);
+    std::thread::sleep(Duration::from_secs(1));
+    let (before_n0, before_n2) = (applied(&cluster, 0), applied(&cluster, 2));
+    for k in 0..20 {
+        assert!(put(&cluster, k % 2, &format!("k{k}"), "v"), "k{k} acknowledged by the members with the token");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(applied(&cluster, 0) >= before_n0 + 20, "the members applied the writes");
+    assert_eq!(applied(&cluster, 2), before_n2, "the member with the wrong token received entries");
+    // Raft and internal RPC without the token, or with another, are refused before the body is read.
+    let garbage = b"not postcard";
+    assert_eq!(peer_post(&cluster, 0, "/raft/batch", None, garbage), Some(401));
+    assert_eq!(peer_post(&cluster, 0, "/raft/batch", Some(&format!("Bearer {WRONG}")), garbage), Some(401));
+    assert_eq!(peer_post(&cluster, 0, "/internal/admin", Some(GOOD), garbage), Some(401), "the scheme is Bearer");
+    assert_eq!(peer_post(&cluster, 0, "/raft/batch", Some(&format!("Bearer {GOOD}")), garbage), Some(400));
+    // Restarted with the token, it catches up.
+    cluster.kill9(2);
+    cluster.settings = vec!["--partitions", "4", "--cluster-token", GOOD];
+    cluster.start(2);
+    cluster.wait_ready(Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while applied(&cluster, 2) < applied(&cluster, 0).max(applied(&cluster, 1)) {
+        assert!(Instant::now() < deadline, "n2 did not catch up once it had the token");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -28,7 +28,10 @@ pub const HEARTBEAT_PATH: &str = "/v1/membership/heartbeat";
 
 /// The routes of the heartbeat endpoint, to merge into the node's router.
 pub fn router(membership: Arc<Membership>) -> Router {
-    Router::new().route(HEARTBEAT_PATH, post(heartbeat)).layer(DefaultBodyLimit::max(MAX_PACKET)).with_state(membership)
+    Router::new()
+        .route(HEARTBEAT_PATH, post(heartbeat))
+        .layer(DefaultBodyLimit::max(MAX_PACKET + crate::TAG_LEN))
+        .with_state(membership)
 }
 
 /// A distinct stand-in address per request, so the reply finds its way back to the right response.
@@ -39,7 +42,12 @@ fn request_addr() -> SocketAddr {
 }
 
 async fn heartbeat(State(membership): State<Arc<Membership>>, body: Bytes) -> Response {
-    if let Err(e) = Packet::decode(&body) {
+    let Some(packet) = membership.open(&body) else {
+        let error =
+            serde_json::json!({"error": {"code": "unauthorized", "message": "not tagged with this cluster's key"}});
+        return (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response();
+    };
+    if let Err(e) = Packet::decode(packet) {
         let error = serde_json::json!({"error": {"code": "invalid_request", "message": format!("not a membership packet: {e}")}});
         return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
     }
@@ -80,7 +88,8 @@ impl Client {
             if response.status() != StatusCode::OK {
                 return Ok(None);
             }
-            let body = Limited::new(response.into_body(), MAX_PACKET).collect().await.map_err(|e| e.to_string())?;
+            let limit = MAX_PACKET + crate::TAG_LEN;
+            let body = Limited::new(response.into_body(), limit).collect().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(Some(body.to_bytes().to_vec()))
         };
         match tokio::time::timeout(STREAM_TIMEOUT, exchange).await {

@@ -10,6 +10,11 @@
 //! Everything the machine emits is sent at once; membership events are published on a broadcast channel and a
 //! snapshot of the member list is kept for readers.
 //!
+//! **Authentication**, when started with a [`PacketKey`]: every packet leaves with a tag (HMAC-SHA256 of its bytes
+//! under the key, truncated to 16 bytes) and one without the right tag is dropped before it is decoded, on every
+//! transport. Packets carry no nonce: a recorded packet can be replayed, which gossip's incarnation numbers
+//! make stale once the member it describes moved on.
+//!
 //! Invariants: only the driver task touches the [`Swim`]; a send error never stops the loop (the peer may be
 //! down, which is what the protocol is for); every buffer and queue is bounded.
 
@@ -34,6 +39,66 @@ const STREAM_QUEUE: usize = 256;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 /// Bound on membership events buffered for slow subscribers (older ones are dropped for them).
 const EVENT_QUEUE: usize = 1024;
+
+/// The bytes of a packet's tag.
+pub const TAG_LEN: usize = 16;
+
+/// A secret every member shares: packets are tagged with it, and untagged or mistagged ones are dropped.
+#[derive(Clone)]
+pub struct PacketKey(Arc<[u8]>);
+
+impl std::fmt::Debug for PacketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PacketKey(<redacted>)")
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl PacketKey {
+    pub fn new(secret: &[u8]) -> PacketKey {
+        PacketKey(secret.into())
+    }
+
+    fn mac(&self, bytes: &[u8]) -> HmacSha256 {
+        use hmac::Mac as _;
+        // HMAC takes a key of any length.
+        let mut mac = HmacSha256::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
+        mac.update(bytes);
+        mac
+    }
+
+    /// The packet with its tag appended.
+    pub fn seal(&self, mut bytes: Vec<u8>) -> Vec<u8> {
+        use hmac::Mac as _;
+        let tag = self.mac(&bytes).finalize().into_bytes();
+        bytes.extend_from_slice(&tag[..TAG_LEN]);
+        bytes
+    }
+
+    /// The packet without its tag, if the tag is right (compared in constant time).
+    pub fn open<'a>(&self, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        use hmac::Mac as _;
+        let (bytes, tag) = sealed.split_at_checked(sealed.len().checked_sub(TAG_LEN)?)?;
+        self.mac(bytes).verify_truncated_left(tag).ok().map(|()| bytes)
+    }
+}
+
+/// Tags `bytes` when there is a key.
+fn seal(key: Option<&PacketKey>, bytes: Vec<u8>) -> Vec<u8> {
+    match key {
+        Some(k) => k.seal(bytes),
+        None => bytes,
+    }
+}
+
+/// Checks and strips the tag when there is a key; `None` for a packet to drop.
+fn open<'a>(key: Option<&PacketKey>, bytes: &'a [u8]) -> Option<&'a [u8]> {
+    match key {
+        Some(k) => k.open(bytes),
+        None => Some(bytes),
+    }
+}
 
 /// Why membership could not start. Nothing is left running.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +150,7 @@ pub struct Membership {
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
     listener: Option<JoinHandle<()>>,
+    key: Option<PacketKey>,
 }
 
 impl Membership {
@@ -96,19 +162,33 @@ impl Membership {
         meta: Meta,
         seeds: Vec<SocketAddr>,
     ) -> Result<Self, StartError> {
-        Self::start_udp(config, id, addr, meta, seeds, false).await
+        Self::start_udp(config, id, addr, meta, seeds, false, None).await
+    }
+
+    /// As [`Membership::start`], with every packet tagged with `key` and every packet without its tag dropped.
+    pub async fn start_with_key(
+        config: Config,
+        id: String,
+        addr: SocketAddr,
+        meta: Meta,
+        seeds: Vec<SocketAddr>,
+        key: PacketKey,
+    ) -> Result<Self, StartError> {
+        Self::start_udp(config, id, addr, meta, seeds, false, Some(key)).await
     }
 
     /// Binds UDP on `addr` only and sends the fallback probe over HTTP to the same address: for a node whose
-    /// peer RPC server owns the TCP port and serves [`http::router`] there.
+    /// peer RPC server owns the TCP port and serves [`http::router`] there. With a `key`, packets are tagged
+    /// and checked as with [`Membership::start_with_key`].
     pub async fn start_udp_http_fallback(
         config: Config,
         id: String,
         addr: SocketAddr,
         meta: Meta,
         seeds: Vec<SocketAddr>,
+        key: Option<PacketKey>,
     ) -> Result<Self, StartError> {
-        Self::start_udp(config, id, addr, meta, seeds, true).await
+        Self::start_udp(config, id, addr, meta, seeds, true, key).await
     }
 
     async fn start_udp(
@@ -118,6 +198,7 @@ impl Membership {
         meta: Meta,
         seeds: Vec<SocketAddr>,
         http_fallback: bool,
+        key: Option<PacketKey>,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let udp = Arc::new(UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?);
@@ -128,7 +209,7 @@ impl Membership {
             let tcp = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
             (Net::Udp(udp), Some(tokio::spawn(accept_loop(tcp, stream_tx.clone()))))
         };
-        Ok(Self::launch(config, id, addr, meta, seeds, net, stream_tx, stream_rx, listener))
+        Ok(Self::launch(config, id, addr, meta, seeds, net, stream_tx, stream_rx, listener, key))
     }
 
     /// Starts the member `id` on the HTTP transport: `http_addr` is where this node serves [`http::router`]
@@ -144,7 +225,8 @@ impl Membership {
         let config = Config { tcp_fallback: false, ..config };
         config.validate()?;
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
-        Ok(Self::launch(config, id, http_addr, meta, seeds, Net::Http(Box::default()), stream_tx, stream_rx, None))
+        let net = Net::Http(Box::default());
+        Ok(Self::launch(config, id, http_addr, meta, seeds, net, stream_tx, stream_rx, None, None))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -158,6 +240,7 @@ impl Membership {
         stream_tx: mpsc::Sender<StreamIn>,
         stream_rx: mpsc::Receiver<StreamIn>,
         listener: Option<JoinHandle<()>>,
+        key: Option<PacketKey>,
     ) -> Self {
         let origin = Instant::now();
         let swim = Swim::new(config, id, addr, meta, seeds, Duration::ZERO);
@@ -173,9 +256,15 @@ impl Membership {
             stream_tx: stream_tx.clone(),
             replies: Vec::new(),
             snapshot_at: None,
+            key: key.clone(),
         };
         let task = tokio::spawn(driver.run(stream_rx, command_rx));
-        Self { addr, events, stream_tx, commands, shared, task, listener }
+        Self { addr, events, stream_tx, commands, shared, task, listener, key }
+    }
+
+    /// A packet's bytes without its tag, if this member has a key and the tag is right, or if it has none.
+    pub fn open<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        open(self.key.as_ref(), bytes)
     }
 
     /// The address this member listens on (UDP and TCP).
@@ -245,6 +334,7 @@ struct Driver {
     replies: Vec<(SocketAddr, oneshot::Sender<Vec<u8>>)>,
     /// When the readers' snapshot was last rebuilt.
     snapshot_at: Option<Duration>,
+    key: Option<PacketKey>,
 }
 
 impl Driver {
@@ -269,21 +359,26 @@ impl Driver {
             };
             tokio::select! {
                 r = recv => match r {
-                    Ok((n, from)) => {
-                        let now = self.now();
-                        let bytes = buf[..n].to_vec();
-                        self.swim.handle_packet(now, from, Channel::Datagram, &bytes);
-                    }
+                    Ok((n, from)) => match open(self.key.as_ref(), &buf[..n]) {
+                        Some(bytes) => {
+                            let now = self.now();
+                            self.swim.handle_packet(now, from, Channel::Datagram, bytes);
+                        }
+                        None => tracing::debug!("dropped a datagram from {from} without this cluster's tag"),
+                    },
                     // ICMP port-unreachable from a dead peer surfaces here on Linux: not our problem.
                     Err(e) => tracing::trace!("udp receive: {e}"),
                 },
-                Some(s) = stream_rx.recv() => {
-                    if let Some(reply) = s.reply {
-                        self.replies.push((s.from, reply));
+                Some(s) = stream_rx.recv() => match open(self.key.as_ref(), &s.bytes) {
+                    Some(bytes) => {
+                        if let Some(reply) = s.reply {
+                            self.replies.push((s.from, reply));
+                        }
+                        let now = self.now();
+                        self.swim.handle_packet(now, s.from, s.channel, bytes);
                     }
-                    let now = self.now();
-                    self.swim.handle_packet(now, s.from, s.channel, &s.bytes);
-                }
+                    None => tracing::debug!("dropped a stream packet from {} without this cluster's tag", s.from),
+                },
                 () = sleep => {
                     let now = self.now();
                     self.swim.handle_tick(now);
@@ -329,7 +424,8 @@ impl Driver {
         }
     }
 
-    async fn transmit(&mut self, t: Transmit) {
+    async fn transmit(&mut self, mut t: Transmit) {
+        t.bytes = seal(self.key.as_ref(), std::mem::take(&mut t.bytes));
         // The answer to a packet that came over a stream (TCP or HTTP) goes back on that exchange.
         if let Some(i) = self.replies.iter().position(|(from, _)| *from == t.to) {
             let (_, tx) = self.replies.swap_remove(i);
@@ -408,7 +504,7 @@ async fn read_frame(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     conn.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_PACKET {
+    if len > MAX_PACKET + TAG_LEN {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
     }
     let mut bytes = vec![0u8; len];

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rampart_membership::{Config, Event, Meta, Profile, State};
-use rampart_membership_net::Membership;
+use rampart_membership_net::{Membership, PacketKey};
 
 fn addr(i: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, i], port))
@@ -170,5 +170,62 @@ async fn over_http_a_killed_member_is_declared_dead_too() {
     assert!(answer.contains(r#""code":"invalid_request""#), "{answer}");
     for s in servers {
         s.abort();
+    }
+}
+
+/// With a key, members that share it find each other; a member with another key, or none, is never let in,
+/// though it is seeded with them: its packets are dropped unread, and so are theirs on its side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_sharing_the_key_see_each_other() {
+    let port = 22_946;
+    let start = |i: u8, key: Option<&[u8]>| {
+        let cfg = Config { seed: u64::from(i), ..Config::profile(Profile::Lan) };
+        let seeds = if i == 1 { vec![] } else { vec![addr(1, port)] };
+        let key = key.map(PacketKey::new);
+        async move {
+            match key {
+                Some(k) => {
+                    Membership::start_with_key(cfg, format!("k{i}"), addr(i, port), Meta::default(), seeds, k).await
+                }
+                None => Membership::start(cfg, format!("k{i}"), addr(i, port), Meta::default(), seeds).await,
+            }
+            .expect("member starts")
+        }
+    };
+    let insiders = vec![
+        start(1, Some(b"one secret")).await,
+        start(2, Some(b"one secret")).await,
+        start(3, Some(b"one secret")).await,
+    ];
+    let outsiders = vec![start(4, Some(b"another secret")).await, start(5, None).await];
+    let alive = |m: &Membership| {
+        let mut ids: Vec<String> =
+            m.members().into_iter().filter(|(x, _)| x.state == State::Alive).map(|(x, _)| x.id).collect();
+        ids.sort();
+        ids
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while insiders.iter().any(|m| alive(m).len() < 2) {
+        assert!(Instant::now() < deadline, "the members with the key did not find each other");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for the outsiders' joins and probes to have arrived many times over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in &insiders {
+        let seen = alive(m);
+        assert!(seen.iter().all(|id| ["k1", "k2", "k3"].contains(&id.as_str())), "an outsider got in: {seen:?}");
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+    for m in &outsiders {
+        assert!(alive(m).is_empty(), "an outsider sees members: {:?}", alive(m));
+    }
+    let key = PacketKey::new(b"one secret");
+    let sealed = key.seal(b"packet".to_vec());
+    assert_eq!(key.open(&sealed), Some(&b"packet"[..]));
+    assert_eq!(PacketKey::new(b"other").open(&sealed), None);
+    assert_eq!(key.open(&sealed[1..]), None);
+    assert_eq!(key.open(b"short"), None);
+    for m in insiders.into_iter().chain(outsiders) {
+        m.kill();
     }
 }

@@ -44,6 +44,11 @@ impl ClusterToken {
         ClusterToken(token)
     }
 
+    /// The secret itself (the key that tags membership packets).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
     /// The `Authorization` header value that presents it.
     pub fn header_value(&self) -> String {
         format!("Bearer {}", self.0)

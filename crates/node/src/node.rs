@@ -225,8 +225,9 @@ impl Node {
         );
         let meta = Meta { http: Some(config.http.to_string()), zone: config.zone.clone(), weight: config.weight };
         let membership_config = MembershipConfig { seed: me, ..MembershipConfig::profile(Profile::Lan) };
+        let key = config.cluster_token.as_ref().map(|t| rampart_membership_net::PacketKey::new(t.as_bytes()));
         let membership = Arc::new(
-            Membership::start_udp_http_fallback(membership_config, config.id.clone(), config.peer, meta, seeds)
+            Membership::start_udp_http_fallback(membership_config, config.id.clone(), config.peer, meta, seeds, key)
                 .await
                 .map_err(|e| StartError::Raft(format!("membership: {e}")))?,
         );
@@ -746,7 +747,7 @@ fn bad_request(e: impl std::fmt::Display) -> Response {
 }
 
 /// The peer RPC server: Raft messages per group and forwarded requests, only to callers presenting the cluster
-/// token when there is one; and the membership's HTTP probes (which, like its UDP packets, carry none).
+/// token when there is one; and the membership's HTTP probes (authenticated by their packets' tags instead).
 fn peer_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/raft/batch", post(raft_batch))

@@ -19,6 +19,7 @@
 //! down, which is what the protocol is for); every buffer and queue is bounded.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,8 @@ pub struct Membership {
     task: JoinHandle<()>,
     listener: Option<JoinHandle<()>>,
     key: Option<PacketKey>,
+    /// Packets dropped for want of the right tag.
+    untagged: Arc<AtomicU64>,
 }
 
 impl Membership {
@@ -257,14 +260,26 @@ impl Membership {
             replies: Vec::new(),
             snapshot_at: None,
             key: key.clone(),
+            untagged: Arc::default(),
         };
+        let untagged = driver.untagged.clone();
         let task = tokio::spawn(driver.run(stream_rx, command_rx));
-        Self { addr, events, stream_tx, commands, shared, task, listener, key }
+        Self { addr, events, stream_tx, commands, shared, task, listener, key, untagged }
     }
 
-    /// A packet's bytes without its tag, if this member has a key and the tag is right, or if it has none.
+    /// A packet's bytes without its tag, if this member has a key and the tag is right, or if it has none (a
+    /// packet refused is counted).
     pub fn open<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
-        open(self.key.as_ref(), bytes)
+        let opened = open(self.key.as_ref(), bytes);
+        if opened.is_none() {
+            self.untagged.fetch_add(1, Ordering::Relaxed);
+        }
+        opened
+    }
+
+    /// Packets dropped so far for want of this cluster's tag, on any transport.
+    pub fn untagged_dropped(&self) -> u64 {
+        self.untagged.load(Ordering::Relaxed)
     }
 
     /// The address this member listens on (UDP and TCP).
@@ -335,6 +350,7 @@ struct Driver {
     /// When the readers' snapshot was last rebuilt.
     snapshot_at: Option<Duration>,
     key: Option<PacketKey>,
+    untagged: Arc<AtomicU64>,
 }
 
 impl Driver {
@@ -364,7 +380,10 @@ impl Driver {
                             let now = self.now();
                             self.swim.handle_packet(now, from, Channel::Datagram, bytes);
                         }
-                        None => tracing::debug!("dropped a datagram from {from} without this cluster's tag"),
+                        None => {
+                            self.untagged.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("dropped a datagram from {from} without this cluster's tag");
+                        }
                     },
                     // ICMP port-unreachable from a dead peer surfaces here on Linux: not our problem.
                     Err(e) => tracing::trace!("udp receive: {e}"),
@@ -377,7 +396,10 @@ impl Driver {
                         let now = self.now();
                         self.swim.handle_packet(now, s.from, s.channel, bytes);
                     }
-                    None => tracing::debug!("dropped a stream packet from {} without this cluster's tag", s.from),
+                    None => {
+                        self.untagged.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("dropped a stream packet from {} without this cluster's tag", s.from);
+                    }
                 },
                 () = sleep => {
                     let now = self.now();

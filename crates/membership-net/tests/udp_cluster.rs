@@ -219,6 +219,7 @@ async fn only_members_sharing_the_key_see_each_other() {
     for m in &outsiders {
         assert!(alive(m).is_empty(), "an outsider sees members: {:?}", alive(m));
     }
+    assert!(insiders[0].untagged_dropped() > 0, "the seed counted the outsiders' packets it dropped");
     let key = PacketKey::new(b"one secret");
     let sealed = key.seal(b"packet".to_vec());
     assert_eq!(key.open(&sealed), Some(&b"packet"[..]));

@@ -263,6 +263,12 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         ("rampart_proposed_ops_total", "client operations those entries carried", node.proposed.ops.load(Relaxed)),
         ("rampart_snapshot_chunks_received_total", "snapshot chunks taken in from leaders", snapshot_chunks),
         ("rampart_snapshots_received_total", "snapshots received whole from leaders", snapshots),
+        ("rampart_peer_requests_refused_total", "peer RPC refused: no cluster token", node.peer_refused.load(Relaxed)),
+        (
+            "rampart_membership_packets_dropped_total",
+            "membership packets dropped: not tagged with the cluster's key",
+            node.membership.untagged_dropped(),
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

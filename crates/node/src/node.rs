@@ -110,6 +110,8 @@ pub struct Node {
     pub latency: crate::telemetry::RequestLatency,
     /// Snapshots being received, chunk by chunk.
     pub snapshots_in: std::sync::Mutex<SnapshotAssembler>,
+    /// Peer requests refused for want of the cluster token (for `/metrics`).
+    pub peer_refused: std::sync::atomic::AtomicU64,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -246,6 +248,7 @@ impl Node {
             dead_since: tokio::sync::Mutex::new(BTreeMap::new()),
             proposed: Arc::default(),
             snapshots_in: Default::default(),
+            peer_refused: Default::default(),
             latency: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
@@ -772,6 +775,7 @@ async fn require_cluster_token(
     if let Some(token) = &node.config.cluster_token {
         let presented = request.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
         if !presented.is_some_and(|p| token.is_presented_by(p)) {
+            node.peer_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return (StatusCode::UNAUTHORIZED, "this peer port needs the cluster token").into_response();
         }
     }

@@ -430,6 +430,9 @@ fn the_peer_port_serves_only_members_presenting_the_cluster_token() {
     assert_eq!(peer_post(&cluster, 0, "/raft/batch", Some(&format!("Bearer {WRONG}")), garbage), Some(401));
     assert_eq!(peer_post(&cluster, 0, "/internal/admin", Some(GOOD), garbage), Some(401), "the scheme is Bearer");
     assert_eq!(peer_post(&cluster, 0, "/raft/batch", Some(&format!("Bearer {GOOD}")), garbage), Some(400));
+    // What was refused shows in the metrics: these requests, and n2's membership packets (tagged with its key).
+    assert!(metric(&cluster, 0, "rampart_peer_requests_refused_total") >= 3);
+    assert!(metric(&cluster, 0, "rampart_membership_packets_dropped_total") >= 1);
     // Restarted with the token, it catches up.
     cluster.kill9(2);
     cluster.settings = vec!["--partitions", "4", "--cluster-token", GOOD];

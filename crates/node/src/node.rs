@@ -206,12 +206,14 @@ impl Node {
             cluster.config.addrs.iter().map(|(id, n)| (raft_id(id), n.clone())).collect();
         nodes.insert(me, this_addr);
         let peers = Peers::new(nodes, config.snapshot_chunk_bytes, config.cluster_token.clone());
+        let (election_min, election_max) =
+            election_timeouts(config.heartbeat.as_millis() as u64, config.election_timeout.as_millis() as u64);
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: "rampart".into(),
                 heartbeat_interval: config.heartbeat.as_millis() as u64,
-                election_timeout_min: config.election_timeout.as_millis() as u64,
-                election_timeout_max: config.election_timeout.as_millis() as u64 * 2,
+                election_timeout_min: election_min,
+                election_timeout_max: election_max,
                 install_snapshot_timeout: 10_000,
                 // Heartbeats come from one node-wide round (heartbeat_loop) so that every group's heartbeat to a
                 // peer leaves in one batch; a follower that acknowledged an append within half an interval needs
@@ -676,6 +678,17 @@ async fn count_leader_changes(raft: GroupRaft, changes: Arc<std::sync::atomic::A
 
 /// One heartbeat round per interval for every group this node leads, all at the same instant, so that each peer
 /// gets them in one batch (one request per peer per round, not one per group).
+/// openraft's `election_timeout_min` and `_max` for `--election-timeout-ms` T. A follower campaigns once its
+/// leader's lease (openraft takes `election_timeout_max` for it) and then its own timeout, sampled in
+/// `min..max`, have passed without a word from the leader: after max + [min, max) of silence. With min = 2T/3 and
+/// max = 5T/6 that is 1.5T to 1.67T (180 to 200 ms by default); min = T and max = 2T made it 3T to 4T.
+fn election_timeouts(heartbeat_ms: u64, election_ms: u64) -> (u64, u64) {
+    // openraft requires heartbeat + minimum heartbeat interval (half of it) + a tick (13/64 of it) < min.
+    let floor = heartbeat_ms + heartbeat_ms / 2 + (heartbeat_ms * 13 / 64).max(1) + 1;
+    let min = (election_ms * 2 / 3).max(floor);
+    (min, (election_ms * 5 / 6).max(min + 1))
+}
+
 async fn heartbeat_loop(node: std::sync::Weak<Node>) {
     let Some(every) = node.upgrade().map(|n| n.config.heartbeat) else { return };
     let mut tick = tokio::time::interval(every);
@@ -866,4 +879,37 @@ async fn members_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>) 
 
 async fn drop_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>) -> Response {
     postcard_response(&node.drop_if_not_mine(group).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every heartbeat and election timeout the configuration accepts gives openraft a valid configuration, and
+    /// a follower never campaigns before the election timeout has passed in silence.
+    #[test]
+    fn election_timeouts_are_valid_and_never_shorter_than_asked() {
+        for heartbeat_ms in [1, 2, 3, 7, 40, 100, 333, 10_000] {
+            for factor in [3, 4, 10] {
+                let election_ms = (heartbeat_ms * factor).min(60_000);
+                if election_ms < heartbeat_ms * 3 {
+                    continue;
+                }
+                let (min, max) = election_timeouts(heartbeat_ms, election_ms);
+                let config = openraft::Config {
+                    heartbeat_interval: heartbeat_ms,
+                    election_timeout_min: min,
+                    election_timeout_max: max,
+                    heartbeat_min_interval: Some(heartbeat_ms / 2),
+                    ..openraft::Config::default()
+                };
+                assert!(
+                    config.validate().is_ok(),
+                    "heartbeat {heartbeat_ms} ms, election {election_ms} ms: {min}..{max}"
+                );
+                assert!(max + min >= election_ms, "{heartbeat_ms}/{election_ms}: campaigns after {} ms", max + min);
+            }
+        }
+        assert_eq!(election_timeouts(40, 120), (80, 100), "the defaults: a campaign after 180 to 200 ms of silence");
+    }
 }

@@ -41,7 +41,8 @@ pub struct ServeArgs {
     /// Raft heartbeat interval in ms (default 40).
     #[arg(long, env = "RAMPART_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
-    /// Raft election timeout in ms (default 120; randomised up to twice that).
+    /// Raft election timeout in ms (default 120): a follower that hears nothing from its leader for 1.5 to 1.67
+    /// times this campaigns (the leader's lease, then a randomised timeout).
     #[arg(long, env = "RAMPART_ELECTION_TIMEOUT_MS")]
     election_timeout_ms: Option<u64>,
     /// An unpaid order expires this many ms after it was placed (default 900000: 15 minutes).

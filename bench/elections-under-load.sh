@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Elections nothing called for: the sum of the partitions' Raft terms on n1 before and after 64-client load
+# (kv, then the flash sale) on a fresh 3-node cluster. Any increase is a leader change under load.
+# usage: bench/elections-under-load.sh [LOAD_SECONDS]   (RAMPART_BIN=path measures another build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-15}
+if [ -z "${RAMPART_BIN:-}" ]; then cargo build --release --quiet; fi
+bin=${RAMPART_BIN:-$PWD/target/release/rampart}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+dir=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
+trap cleanup EXIT
+start_rampart
+sleep 2
+terms() { curl -s 127.0.0.1:7101/metrics | awk '/^rampart_raft_term\{/ {s += $2} END {print s}'; }
+before=$(terms)
+addr=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+"$bin" bench --addr "$addr" --workload kv --clients 64 --duration-s "$secs" 2>/dev/null
+"$bin" bench --addr "$addr" --workload flash-sale --clients 64 --duration-s "$secs" 2>/dev/null
+after=$(terms)
+echo "partition terms summed on n1: $before before the load, $after after: $((after - before)) elections under load"

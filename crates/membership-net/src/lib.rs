@@ -10,9 +10,10 @@
 //! Everything the machine emits is sent at once; membership events are published on a broadcast channel and a
 //! snapshot of the member list is kept for readers.
 //!
-//! **Authentication**, when started with a [`PacketKey`]: every packet leaves with a tag (HMAC-SHA256 of its bytes
-//! under the key, truncated to 16 bytes) and one without the right tag is dropped before it is decoded, on every
-//! transport. Packets carry no nonce: a recorded packet can be replayed, which gossip's incarnation numbers
+//! **Authentication**, when started with a [`PacketKey`] (the UDP transport: its datagrams, TCP probes and HTTP
+//! fallback; [`Membership::start_http`] takes none): every packet leaves with a tag (HMAC-SHA256 of its bytes
+//! under the key, truncated to 16 bytes) and one without the right tag is dropped before it is decoded, on each of
+//! those paths. Packets carry no nonce: a recorded packet can be replayed, which gossip's incarnation numbers
 //! make stale once the member it describes moved on.
 //!
 //! Invariants: only the driver task touches the [`Swim`]; a send error never stops the loop (the peer may be
@@ -203,6 +204,11 @@ impl Membership {
         http_fallback: bool,
         key: Option<PacketKey>,
     ) -> Result<Self, StartError> {
+        // A tagged datagram must still fit in one UDP payload.
+        let config = match key {
+            Some(_) => Config { max_datagram: config.max_datagram.min(MAX_PACKET - TAG_LEN), ..config },
+            None => config,
+        };
         config.validate()?;
         let udp = Arc::new(UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?);
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);

@@ -95,7 +95,14 @@ impl RawConfig {
 
     /// Parses a TOML settings file.
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
+        // The error's own text quotes the offending line, which may hold the cluster token: its message and line only.
+        toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError::File(match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_owned(),
+            })
+        })
     }
 }
 
@@ -310,6 +317,14 @@ mod tests {
         assert_eq!(merged.id.as_deref(), Some("flag"));
         assert_eq!(merged.partitions, Some(128));
         assert!(RawConfig::from_toml("nonsense = 1").is_err(), "unknown keys are refused");
+    }
+
+    /// A file whose token line is malformed is refused without the line (and the secret) in the error.
+    #[test]
+    fn a_bad_settings_file_is_reported_without_its_contents() {
+        let err = RawConfig::from_toml("id = \"n1\"\ncluster_token = s3cret-s3cret-s3cret\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     /// The token is taken from a file like any setting, checked in constant time, and never printed.

@@ -676,8 +676,6 @@ async fn count_leader_changes(raft: GroupRaft, changes: Arc<std::sync::atomic::A
     }
 }
 
-/// One heartbeat round per interval for every group this node leads, all at the same instant, so that each peer
-/// gets them in one batch (one request per peer per round, not one per group).
 /// openraft's `election_timeout_min` and `_max` for `--election-timeout-ms` T. A follower campaigns once its
 /// leader's lease (openraft takes `election_timeout_max` for it) and then its own timeout, sampled in
 /// `min..max`, have passed without a word from the leader: after max + [min, max) of silence. With min = 2T/3 and
@@ -689,6 +687,8 @@ fn election_timeouts(heartbeat_ms: u64, election_ms: u64) -> (u64, u64) {
     (min, (election_ms * 5 / 6).max(min + 1))
 }
 
+/// One heartbeat round per interval for every group this node leads, all at the same instant, so that each peer
+/// gets them in one batch (one request per peer per round, not one per group).
 async fn heartbeat_loop(node: std::sync::Weak<Node>) {
     let Some(every) = node.upgrade().map(|n| n.config.heartbeat) else { return };
     let mut tick = tokio::time::interval(every);

@@ -64,11 +64,16 @@ pub struct ServeArgs {
     snapshot_chunk_bytes: Option<u64>,
     /// A secret of 16 to 256 visible ASCII characters shared by every member: the peer port then serves Raft and
     /// internal RPC only to callers presenting it (prefer the environment or the file to the flag, which `ps` shows).
-    #[arg(long, env = "RAMPART_CLUSTER_TOKEN", hide_env_values = true)]
-    cluster_token: Option<String>,
+    #[arg(long, env = "RAMPART_CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    cluster_token: Option<ClusterToken>,
     /// A TOML settings file.
     #[arg(long, env = "RAMPART_CONFIG")]
     config: Option<PathBuf>,
+}
+
+/// Into the type whose `Debug` is redacted at once, so the arguments never hold the secret in the clear.
+fn parse_token(token: &str) -> Result<ClusterToken, std::convert::Infallible> {
+    Ok(ClusterToken::new(token.to_owned()))
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -97,7 +102,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         replace_after_ms: args.replace_after_ms,
         snapshot_logs: args.snapshot_logs,
         snapshot_chunk_bytes: args.snapshot_chunk_bytes,
-        cluster_token: args.cluster_token.map(ClusterToken::new),
+        cluster_token: args.cluster_token,
     };
     let config = NodeConfig::from_raw(flags.or(file))?;
     // Logs to stderr: RAMPART_LOG=error|warn|info|debug|trace (info by default).

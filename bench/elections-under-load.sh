@@ -5,14 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
-if [ -z "${RAMPART_BIN:-}" ]; then cargo build --release --quiet; fi
-bin=${RAMPART_BIN:-$PWD/target/release/rampart}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
-trap cleanup EXIT
+rampart_bench_setup
 start_rampart
 sleep 2
 terms() { curl -s 127.0.0.1:7101/metrics | awk '/^rampart_raft_term\{/ {s += $2} END {print s}'; }

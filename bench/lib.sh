@@ -1,6 +1,16 @@
 # Shared by the bench scripts: a 3-node Rampart cluster on 127.0.0.1:7101-7103 (HTTP) and 7201-7203 (peers).
 # Needs $bin (the rampart binary) and $dir (a scratch directory); fills the pids array for the caller's cleanup.
 
+# The binary to measure (RAMPART_BIN, else a fresh release build), a scratch directory and the cleanup of both
+# on exit. Call from the repository root.
+rampart_bench_setup() {
+  if [ -z "${RAMPART_BIN:-}" ]; then cargo build --release --quiet; fi
+  bin=${RAMPART_BIN:-$PWD/target/release/rampart}
+  dir=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"' EXIT
+}
+
 start_rampart() {
   local ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
   for i in 1 2 3; do

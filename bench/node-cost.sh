@@ -6,14 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 idle=${1:-5}; secs=${2:-10}
-if [ -z "${RAMPART_BIN:-}" ]; then cargo build --release --quiet; fi
-bin=${RAMPART_BIN:-$PWD/target/release/rampart}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
-trap cleanup EXIT
+rampart_bench_setup
 
 ticks() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 start_rampart --partitions "${PARTITIONS:-64}"

@@ -86,19 +86,33 @@ impl PacketKey {
     }
 }
 
-/// Tags `bytes` when there is a key.
-fn seal(key: Option<&PacketKey>, bytes: Vec<u8>) -> Vec<u8> {
-    match key {
-        Some(k) => k.seal(bytes),
-        None => bytes,
-    }
+/// A member's packet tags: its key, if any, and the count of packets dropped for want of the right tag (shared by
+/// the driver and the handle that serves the HTTP endpoint).
+#[derive(Clone, Debug, Default)]
+struct Tags {
+    key: Option<PacketKey>,
+    dropped: Arc<AtomicU64>,
 }
 
-/// Checks and strips the tag when there is a key; `None` for a packet to drop.
-fn open<'a>(key: Option<&PacketKey>, bytes: &'a [u8]) -> Option<&'a [u8]> {
-    match key {
-        Some(k) => k.open(bytes),
-        None => Some(bytes),
+impl Tags {
+    /// Tags `bytes` when there is a key.
+    fn seal(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match &self.key {
+            Some(k) => k.seal(bytes),
+            None => bytes,
+        }
+    }
+
+    /// Checks and strips the tag when there is a key; `None` (counted) for a packet to drop.
+    fn open<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        let opened = match &self.key {
+            Some(k) => k.open(bytes),
+            None => Some(bytes),
+        };
+        if opened.is_none() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        opened
     }
 }
 
@@ -152,9 +166,7 @@ pub struct Membership {
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
     listener: Option<JoinHandle<()>>,
-    key: Option<PacketKey>,
-    /// Packets dropped for want of the right tag.
-    untagged: Arc<AtomicU64>,
+    tags: Tags,
 }
 
 impl Membership {
@@ -265,27 +277,22 @@ impl Membership {
             stream_tx: stream_tx.clone(),
             replies: Vec::new(),
             snapshot_at: None,
-            key: key.clone(),
-            untagged: Arc::default(),
+            tags: Tags { key, dropped: Arc::default() },
         };
-        let untagged = driver.untagged.clone();
+        let tags = driver.tags.clone();
         let task = tokio::spawn(driver.run(stream_rx, command_rx));
-        Self { addr, events, stream_tx, commands, shared, task, listener, key, untagged }
+        Self { addr, events, stream_tx, commands, shared, task, listener, tags }
     }
 
     /// A packet's bytes without its tag, if this member has a key and the tag is right, or if it has none (a
     /// packet refused is counted).
     pub fn open<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
-        let opened = open(self.key.as_ref(), bytes);
-        if opened.is_none() {
-            self.untagged.fetch_add(1, Ordering::Relaxed);
-        }
-        opened
+        self.tags.open(bytes)
     }
 
     /// Packets dropped so far for want of this cluster's tag, on any transport.
     pub fn untagged_dropped(&self) -> u64 {
-        self.untagged.load(Ordering::Relaxed)
+        self.tags.dropped.load(Ordering::Relaxed)
     }
 
     /// The address this member listens on (UDP and TCP).
@@ -355,8 +362,7 @@ struct Driver {
     replies: Vec<(SocketAddr, oneshot::Sender<Vec<u8>>)>,
     /// When the readers' snapshot was last rebuilt.
     snapshot_at: Option<Duration>,
-    key: Option<PacketKey>,
-    untagged: Arc<AtomicU64>,
+    tags: Tags,
 }
 
 impl Driver {
@@ -381,20 +387,17 @@ impl Driver {
             };
             tokio::select! {
                 r = recv => match r {
-                    Ok((n, from)) => match open(self.key.as_ref(), &buf[..n]) {
+                    Ok((n, from)) => match self.tags.open(&buf[..n]) {
                         Some(bytes) => {
                             let now = self.now();
                             self.swim.handle_packet(now, from, Channel::Datagram, bytes);
                         }
-                        None => {
-                            self.untagged.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!("dropped a datagram from {from} without this cluster's tag");
-                        }
+                        None => tracing::debug!("dropped a datagram from {from} without this cluster's tag"),
                     },
                     // ICMP port-unreachable from a dead peer surfaces here on Linux: not our problem.
                     Err(e) => tracing::trace!("udp receive: {e}"),
                 },
-                Some(s) = stream_rx.recv() => match open(self.key.as_ref(), &s.bytes) {
+                Some(s) = stream_rx.recv() => match self.tags.open(&s.bytes) {
                     Some(bytes) => {
                         if let Some(reply) = s.reply {
                             self.replies.push((s.from, reply));
@@ -402,10 +405,7 @@ impl Driver {
                         let now = self.now();
                         self.swim.handle_packet(now, s.from, s.channel, bytes);
                     }
-                    None => {
-                        self.untagged.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("dropped a stream packet from {} without this cluster's tag", s.from);
-                    }
+                    None => tracing::debug!("dropped a stream packet from {} without this cluster's tag", s.from),
                 },
                 () = sleep => {
                     let now = self.now();
@@ -453,7 +453,7 @@ impl Driver {
     }
 
     async fn transmit(&mut self, mut t: Transmit) {
-        t.bytes = seal(self.key.as_ref(), std::mem::take(&mut t.bytes));
+        t.bytes = self.tags.seal(std::mem::take(&mut t.bytes));
         // The answer to a packet that came over a stream (TCP or HTTP) goes back on that exchange.
         if let Some(i) = self.replies.iter().position(|(from, _)| *from == t.to) {
             let (_, tx) = self.replies.swap_remove(i);

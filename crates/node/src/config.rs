@@ -56,9 +56,9 @@ impl ClusterToken {
 
     /// Whether an `Authorization` header value presents this token, compared in constant time.
     pub fn is_presented_by(&self, header: &[u8]) -> bool {
-        let expected = self.header_value();
-        let expected = expected.as_bytes();
-        header.len() == expected.len() && header.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        let Some(presented) = header.strip_prefix(b"Bearer ") else { return false };
+        let expected = self.0.as_bytes();
+        presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 

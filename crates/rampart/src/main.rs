@@ -17,6 +17,11 @@ mod ring_cmd;
 mod serve_cmd;
 mod up_cmd;
 
+/// mimalloc rather than the system allocator: the nodes allocate per message and per request on every thread,
+/// and it costs them less CPU per write (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rampart: a highly available, disaster-tolerant trading core.
 #[derive(Debug, Parser)]
 #[command(name = "rampart", version, about, long_about = None)]

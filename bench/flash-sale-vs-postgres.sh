@@ -14,7 +14,7 @@ bin=$PWD/target/release/rampart
 . bench/lib.sh
 dir=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
+cleanup() { stop_rampart; rm -rf "$dir"; }
 trap cleanup EXIT
 
 "$peers/postgres-flash-sale.sh" hot "$secs" "${clients[@]}"

@@ -16,7 +16,7 @@ bin=$PWD/target/release/rampart
 . bench/lib.sh
 etcd_dir=$(mktemp -d); dir=$(mktemp -d)
 pids=()
-cleanup() { "$peers/etcd-cluster.sh" stop "$etcd_dir" >/dev/null 2>&1 || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir" "$etcd_dir"; }
+cleanup() { "$peers/etcd-cluster.sh" stop "$etcd_dir" >/dev/null 2>&1 || true; stop_rampart; rm -rf "$dir" "$etcd_dir"; }
 trap cleanup EXIT
 
 "$peers/etcd-cluster.sh" start "$etcd_dir"

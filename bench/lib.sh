@@ -8,7 +8,22 @@ rampart_bench_setup() {
   bin=${RAMPART_BIN:-$PWD/target/release/rampart}
   dir=$(mktemp -d)
   pids=()
-  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"' EXIT
+  trap 'stop_rampart; rm -rf "$dir"' EXIT
+}
+
+# Stops the nodes this script started (SIGTERM, then SIGKILL after 10 s) and waits until they are gone, so that
+# the next run finds their ports free.
+stop_rampart() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 100); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && return 0
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  sleep 0.2
 }
 
 start_rampart() {

@@ -46,7 +46,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use rampart_trading::{Row, Shard, Stamped};
+use rampart_trading::{Row, RowsView, Shard, Stamped};
 
 use crate::types::{CommandResult, GroupId, Op, OpOutcome, TypeConfig};
 
@@ -833,13 +833,30 @@ struct SnapshotBlob {
     trade: Vec<Row>,
 }
 
-/// The same contents encoded straight from a live state (postcard writes a map as a sequence of pairs, so it
-/// decodes as a [`SnapshotBlob`]).
+/// The same contents encoded from a view of a state (postcard writes a map as a sequence of pairs, so it decodes
+/// as a [`SnapshotBlob`]).
 #[derive(Serialize)]
 struct SnapshotBlobRef<'a> {
-    kv: &'a BTreeMap<String, String>,
-    trade: Vec<Row>,
+    kv: KvRows<'a>,
+    trade: &'a RowsView,
 }
+
+/// A group's key-value rows, encoded as a map.
+struct KvRows<'a>(&'a Kv);
+
+impl Serialize for KvRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// A group's key-value state. Persistent: a snapshot takes it in constant time.
+type Kv = imbl::OrdMap<String, String>;
 
 /// A group's current snapshot: its metadata in the database (meta key [`SNAPSHOT_KEY`]), its bytes in a file of
 /// their own under the `snapshots` directory beside the database.
@@ -868,18 +885,13 @@ fn snapshot_record(
 pub struct GroupState {
     applied: Option<LogIdOf<C>>,
     membership: StoredMembershipOf<C>,
-    kv: BTreeMap<String, String>,
+    kv: Kv,
     shard: Shard,
 }
 
 impl GroupState {
     fn new(group: GroupId) -> GroupState {
-        GroupState {
-            applied: None,
-            membership: StoredMembership::default(),
-            kv: BTreeMap::new(),
-            shard: Shard::new(group),
-        }
+        GroupState { applied: None, membership: StoredMembership::default(), kv: Kv::new(), shard: Shard::new(group) }
     }
 
     /// The state a snapshot holds, checked whole (the trading rows must restore a consistent shard).
@@ -954,21 +966,23 @@ pub struct StateMachine {
     state: SharedState,
 }
 
-/// A snapshot about to be built: the state as it was when the build was asked for (later applies do not change
-/// it), encoded and written to its file off the async runtime.
+/// A snapshot about to be built: a view of the state as it was when the build was asked for (later applies do not
+/// change it), encoded and written to its file while the group goes on applying.
 #[derive(Debug)]
 pub struct SnapshotView {
     store: Arc<Store>,
     group: GroupId,
-    /// The state's metadata and encoded bytes, or why they could not be taken.
-    taken: Option<io::Result<(SnapshotMetaOf<C>, Vec<u8>)>>,
+    /// The state's metadata and rows, or why they could not be taken.
+    taken: Option<io::Result<(SnapshotMetaOf<C>, Kv, RowsView)>>,
 }
 
 impl RaftSnapshotBuilder<C> for SnapshotView {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
-        let (meta, data) = self.taken.take().unwrap_or_else(|| Err(other("the snapshot was already built")))?;
+        let (meta, kv, trade) = self.taken.take().unwrap_or_else(|| Err(other("the snapshot was already built")))?;
+        let encode = move || postcard::to_allocvec(&SnapshotBlobRef { kv: KvRows(&kv), trade: &trade }).map_err(other);
+        let data = tokio::task::spawn_blocking(encode).await.map_err(other)??;
         let data = self.store.record_snapshot(self.group, &meta, data, true).await?;
         Ok(SnapshotOf::<C, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) })
     }
@@ -1010,20 +1024,13 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Called between applies: the view is of one applied index, whatever is applied while its file is written.
-        // Encoding a large partition takes a while and holds its lock: the worker thread is handed over to the
-        // runtime's other tasks meanwhile (heartbeats, other partitions), where the runtime allows it.
-        let take = || -> io::Result<(SnapshotMetaOf<C>, Vec<u8>)> {
-            let state = self.state.lock().map_err(other)?;
+        // Called between applies: the view is of one applied index, whatever is applied while it is encoded. The
+        // key-value rows and the orders are persistent maps, shared with the view rather than copied, so the
+        // partition's applies wait only for its products, refusals and holds to be copied.
+        let taken = self.state.lock().map_err(other).map(|state| {
             let meta = SnapshotMetaOf::<C> { last_log_id: state.applied, last_membership: state.membership.clone() };
-            let data =
-                postcard::to_allocvec(&SnapshotBlobRef { kv: &state.kv, trade: state.shard.rows() }).map_err(other)?;
-            Ok((meta, data))
-        };
-        let taken = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(take),
-            _ => take(),
-        };
+            (meta, state.kv.clone(), state.shard.rows_view())
+        });
         SnapshotView { store: self.store.clone(), group: self.group, taken: Some(taken) }
     }
 
@@ -1053,15 +1060,47 @@ impl RaftStateMachine<C> for StateMachine {
 mod tests {
     use super::*;
 
-    /// A snapshot encoded from a live state decodes as the stored form, row for row.
+    /// A snapshot encoded from a view of a state decodes as the stored form, row for row, and shows the state as
+    /// it was when the view was taken, whatever was applied after.
     #[test]
-    fn a_snapshot_taken_from_the_live_state_decodes_as_a_snapshot_blob() {
-        let kv: BTreeMap<String, String> = [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())].into();
-        let shard = Shard::new(3);
-        let bytes = postcard::to_allocvec(&SnapshotBlobRef { kv: &kv, trade: shard.rows() }).expect("encode");
+    fn a_snapshot_view_decodes_as_a_snapshot_blob_of_the_state_when_it_was_taken() {
+        use rampart_trading::{Command, Item, Sku, UserId};
+        let order = |n: u64| Stamped {
+            at_ms: 10 + n,
+            command: Command::PlaceOrder {
+                user_id: UserId(format!("u{n}")),
+                idempotency_key: format!("k{n}"),
+                items: vec![Item { sku: Sku("s".into()), qty: 1 }],
+                pay_deadline_ms: 1_000,
+                remote: BTreeMap::new(),
+            },
+        };
+        let mut kv: Kv = [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())].into_iter().collect();
+        let mut shard = Shard::new(3);
+        let create = Command::CreateProduct {
+            sku: Sku("s".into()),
+            name: "s".into(),
+            price_cents: 5,
+            stock: 9,
+            max_per_user: None,
+        };
+        shard.apply(&Stamped { at_ms: 1, command: create });
+        for n in 0..3 {
+            shard.apply(&order(n));
+        }
+        let (kv_then, rows_then) = (kv.clone(), shard.rows());
+        let (kv_view, rows_view) = (kv.clone(), shard.rows_view());
+        kv.insert("c".to_owned(), "3".to_owned());
+        for n in 3..5 {
+            shard.apply(&order(n));
+        }
+        assert_ne!(shard.rows(), rows_then, "the state moved on after the view was taken");
+        let bytes =
+            postcard::to_allocvec(&SnapshotBlobRef { kv: KvRows(&kv_view), trade: &rows_view }).expect("encode");
         let blob: SnapshotBlob = postcard::from_bytes(&bytes).expect("decode");
-        assert_eq!(blob.kv, kv.into_iter().collect::<Vec<_>>());
-        assert_eq!(blob.trade, shard.rows());
+        assert_eq!(blob.kv, kv_then.into_iter().collect::<Vec<_>>());
+        assert_eq!(blob.trade, rows_then);
+        assert_eq!(blob.trade.iter().filter(|r| matches!(r, Row::Order(_))).count(), 3);
     }
 
     /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.

@@ -23,7 +23,7 @@ pub use model::{
     Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
     Sku, Stamped, UserId,
 };
-pub use shard::{RestoreError, Shard};
+pub use shard::{RestoreError, RowsView, Shard};
 
 /// The most line items one order may hold.
 pub const MAX_ITEMS: usize = 32;

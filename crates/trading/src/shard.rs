@@ -16,6 +16,40 @@ pub enum RestoreError {
     Inconsistent(String),
 }
 
+/// A shard's rows at one applied command ([`Shard::rows_view`]), the same as [`Shard::rows`] gives. It encodes as
+/// a sequence of rows, so it decodes as a `Vec<Row>`.
+#[derive(Clone, Debug)]
+pub struct RowsView {
+    /// The meta row and the products.
+    head: Vec<Row>,
+    orders: imbl::OrdMap<OrderId, Order>,
+    /// The remembered refusals and the holds.
+    tail: Vec<Row>,
+}
+
+impl RowsView {
+    fn len(&self) -> usize {
+        self.head.len() + self.orders.len() + self.tail.len()
+    }
+
+    /// The rows, in [`Shard::rows`]'s order.
+    pub fn rows(&self) -> impl Iterator<Item = Row> + '_ {
+        let orders = self.orders.values().cloned().map(Row::Order);
+        self.head.iter().cloned().chain(orders).chain(self.tail.iter().cloned())
+    }
+}
+
+impl serde::Serialize for RowsView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for row in self.rows() {
+            seq.serialize_element(&row)?;
+        }
+        seq.end()
+    }
+}
+
 /// What a remembered idempotency key names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Remembered {
@@ -31,7 +65,8 @@ pub struct Shard {
     /// The latest business time applied: commands stamped earlier (a new leader whose clock lags) act at this time.
     clock_ms: u64,
     products: BTreeMap<Sku, Product>,
-    orders: BTreeMap<OrderId, Order>,
+    /// Persistent: a snapshot takes it in constant time ([`Shard::rows_view`]).
+    orders: imbl::OrdMap<OrderId, Order>,
     next_refusal: u64,
     /// Other partitions' order lines held here (saga legs), by order id.
     holds: BTreeMap<OrderId, Hold>,
@@ -170,12 +205,18 @@ impl Shard {
 
     /// Every row of the shard, for a snapshot.
     pub fn rows(&self) -> Vec<Row> {
-        let mut rows = vec![self.meta()];
-        rows.extend(self.products.values().cloned().map(Row::Product));
-        rows.extend(self.orders.values().cloned().map(Row::Order));
-        rows.extend(self.refusals.keys().filter_map(|seq| self.refusal_row(*seq)));
-        rows.extend(self.holds.values().cloned().map(Row::Hold));
-        rows
+        self.rows_view().rows().collect()
+    }
+
+    /// The shard's rows as they are now, to be read (or encoded) while the shard goes on applying. The orders, the
+    /// bulk of a busy partition, are shared, not copied: taking the view costs the products, the remembered
+    /// refusals and the holds.
+    pub fn rows_view(&self) -> RowsView {
+        let mut head = vec![self.meta()];
+        head.extend(self.products.values().cloned().map(Row::Product));
+        let mut tail: Vec<Row> = self.refusals.keys().filter_map(|seq| self.refusal_row(*seq)).collect();
+        tail.extend(self.holds.values().cloned().map(Row::Hold));
+        RowsView { head, orders: self.orders.clone(), tail }
     }
 
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {

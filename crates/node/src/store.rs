@@ -1088,6 +1088,21 @@ mod tests {
         for n in 0..3 {
             shard.apply(&order(n));
         }
+        // A remembered refusal and a saga hold: every kind of row is in the view.
+        let too_many = Command::PlaceOrder {
+            user_id: UserId("greedy".into()),
+            idempotency_key: "k".into(),
+            items: vec![Item { sku: Sku("s".into()), qty: 100 }],
+            pay_deadline_ms: 1_000,
+            remote: BTreeMap::new(),
+        };
+        shard.apply(&Stamped { at_ms: 5, command: too_many });
+        let leg = Command::Reserve {
+            order_id: rampart_trading::OrderId("9-000001".into()),
+            user_id: UserId("far".into()),
+            items: vec![Item { sku: Sku("s".into()), qty: 1 }],
+        };
+        shard.apply(&Stamped { at_ms: 6, command: leg });
         let (kv_then, rows_then) = (kv.clone(), shard.rows());
         let (kv_view, rows_view) = (kv.clone(), shard.rows_view());
         kv.insert("c".to_owned(), "3".to_owned());
@@ -1100,7 +1115,10 @@ mod tests {
         let blob: SnapshotBlob = postcard::from_bytes(&bytes).expect("decode");
         assert_eq!(blob.kv, kv_then.into_iter().collect::<Vec<_>>());
         assert_eq!(blob.trade, rows_then);
-        assert_eq!(blob.trade.iter().filter(|r| matches!(r, Row::Order(_))).count(), 3);
+        let count = |f: fn(&Row) -> bool| blob.trade.iter().filter(|r| f(r)).count();
+        assert_eq!(count(|r| matches!(r, Row::Order(_))), 3);
+        assert_eq!(count(|r| matches!(r, Row::Refusal { .. })), 1);
+        assert_eq!(count(|r| matches!(r, Row::Hold(_))), 1);
     }
 
     /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.

@@ -18,7 +18,7 @@ pub enum RestoreError {
 
 /// A shard's rows at one applied command ([`Shard::rows_view`]), the same as [`Shard::rows`] gives. It encodes as
 /// a sequence of rows, so it decodes as a `Vec<Row>`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RowsView {
     /// The meta row and the products.
     head: Vec<Row>,

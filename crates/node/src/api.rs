@@ -228,6 +228,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let _ = writeln!(out, "# TYPE rampart_raft_leader_changes_total counter");
     let _ = writeln!(out, "# TYPE rampart_raft_snapshot_index gauge");
     let _ = writeln!(out, "# TYPE rampart_raft_purged_index gauge");
+    let _ = writeln!(out, "# TYPE rampart_raft_quiesced gauge");
     let leader_changes = node.leader_changes();
     for (g, raft) in &node.hosted() {
         let m = raft.metrics().borrow_watched().clone();
@@ -248,6 +249,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         let snapshot = m.snapshot.map_or(0, |l| l.index);
         let _ = writeln!(out, "rampart_raft_snapshot_index{{partition=\"{g}\"}} {snapshot}");
         let _ = writeln!(out, "rampart_raft_purged_index{{partition=\"{g}\"}} {}", m.purged.map_or(0, |l| l.index));
+        let _ = writeln!(out, "rampart_raft_quiesced{{partition=\"{g}\"}} {}", u8::from(node.is_quiesced(*g)));
         let changes = leader_changes.get(g).copied().unwrap_or(0);
         let _ = writeln!(out, "rampart_raft_leader_changes_total{{partition=\"{g}\"}} {changes}");
     }

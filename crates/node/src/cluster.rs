@@ -387,6 +387,10 @@ impl Node {
                 (m.state == ServerState::Leader, voters, learners)
             };
             let target: BTreeSet<RaftId> = cluster.replicas(group).into_iter().collect();
+            if leads && (voters != target || learners.iter().any(|l| !target.contains(l))) {
+                // A change of replicas is work: the group wakes (and stays awake while it is under way).
+                self.serving(group);
+            }
             if leads && voters != target && !target.is_empty() {
                 self.move_replicas(group, &raft, &voters, &target).await;
             } else if leads && learners.iter().any(|l| !target.contains(l)) {

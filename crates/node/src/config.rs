@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub payment_deadline_ms: Option<u64>,
     pub idempotency_retention_ms: Option<u64>,
     pub replace_after_ms: Option<u64>,
+    pub quiesce_after_ms: Option<u64>,
     pub snapshot_logs: Option<u64>,
     pub snapshot_chunk_bytes: Option<u64>,
     pub cluster_token: Option<ClusterToken>,
@@ -87,6 +88,7 @@ impl RawConfig {
             payment_deadline_ms: self.payment_deadline_ms.or(lower.payment_deadline_ms),
             idempotency_retention_ms: self.idempotency_retention_ms.or(lower.idempotency_retention_ms),
             replace_after_ms: self.replace_after_ms.or(lower.replace_after_ms),
+            quiesce_after_ms: self.quiesce_after_ms.or(lower.quiesce_after_ms),
             snapshot_logs: self.snapshot_logs.or(lower.snapshot_logs),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.or(lower.snapshot_chunk_bytes),
             cluster_token: self.cluster_token.or(lower.cluster_token),
@@ -138,6 +140,9 @@ pub struct NodeConfig {
     pub idempotency_retention: Duration,
     /// A (non-founding) member declared dead for this long is decommissioned: its replicas are rebuilt elsewhere.
     pub replace_after: Duration,
+    /// A partition that has served nothing for this long quiesces: no heartbeats, no election timers (zero:
+    /// never). See the `quiesce` module.
+    pub quiesce_after: Duration,
     /// A partition snapshots its state after this many log entries since its last snapshot, and then purges its
     /// log up to a fifth of that behind the snapshot (a replica further behind gets the snapshot).
     pub snapshot_logs: u64,
@@ -251,6 +256,10 @@ impl NodeConfig {
         if replace_after < Duration::from_secs(1) || replace_after > Duration::from_secs(86_400) {
             return Err(invalid("replace_after_ms", "use 1000 to 86400000"));
         }
+        let quiesce_after = Duration::from_millis(raw.quiesce_after_ms.unwrap_or(2_000));
+        if !quiesce_after.is_zero() && (quiesce_after < heartbeat * 5 || quiesce_after > Duration::from_secs(3_600)) {
+            return Err(invalid("quiesce_after_ms", "use 0 (never) or 5 heartbeats to 3600000"));
+        }
         let snapshot_logs = raw.snapshot_logs.unwrap_or(5_000);
         if !(10..=10_000_000).contains(&snapshot_logs) {
             return Err(invalid("snapshot_logs", "use 10 to 10000000"));
@@ -279,6 +288,7 @@ impl NodeConfig {
             payment_deadline,
             idempotency_retention,
             replace_after,
+            quiesce_after,
             snapshot_logs,
             snapshot_chunk_bytes: snapshot_chunk_bytes as usize,
             cluster_token: raw.cluster_token,
@@ -353,6 +363,7 @@ mod tests {
             (RawConfig { heartbeat_ms: Some(200), election_timeout_ms: Some(300), ..raw() }, "election_timeout_ms"),
             (RawConfig { payment_deadline_ms: Some(0), ..raw() }, "payment_deadline_ms"),
             (RawConfig { idempotency_retention_ms: Some(1), ..raw() }, "idempotency_retention_ms"),
+            (RawConfig { quiesce_after_ms: Some(100), ..raw() }, "quiesce_after_ms"),
             (RawConfig { snapshot_logs: Some(1), ..raw() }, "snapshot_logs"),
             (RawConfig { snapshot_chunk_bytes: Some(1 << 30), ..raw() }, "snapshot_chunk_bytes"),
             (RawConfig { cluster_token: Some(ClusterToken::new("short".into())), ..raw() }, "cluster_token"),

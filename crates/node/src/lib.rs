@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod network;
 pub mod node;
+mod quiesce;
 pub mod store;
 pub mod telemetry;
 pub mod trade_api;

@@ -29,6 +29,7 @@ use crate::config::{Bootstrap, NodeConfig};
 use crate::network::{
     CallError, Envelope, GroupNetwork, Peers, RaftOp, Reply, SnapshotAssembler, SnapshotChunk, MAX_BODY,
 };
+use crate::quiesce::Quiet;
 use crate::store::{StateMachine, Store};
 use crate::types::{raft_id, Command, GroupId, Op, OpOutcome, PeerNode, RaftId, TypeConfig};
 use rampart_trading::{HoldState, Item, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Sku};
@@ -124,6 +125,7 @@ struct Hosted {
     /// Leaders this node has seen the group elect since it started hosting it (for `/metrics`).
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
     watcher: JoinHandle<()>,
+    quiet: Arc<Quiet>,
 }
 
 /// What this node's proposers sent (for `/metrics`).
@@ -283,8 +285,9 @@ impl Node {
         let heartbeat = tokio::spawn(heartbeat_loop(Arc::downgrade(&node)));
         let expiry = tokio::spawn(expiry_loop(Arc::downgrade(&node)));
         let reconcile = tokio::spawn(crate::cluster::reconcile_loop(Arc::downgrade(&node)));
+        let quiesce = tokio::spawn(crate::quiesce::quiesce_loop(Arc::downgrade(&node)));
         if let Ok(mut t) = node.tasks.lock() {
-            t.extend([server, heartbeat, expiry, reconcile]);
+            t.extend([server, heartbeat, expiry, reconcile, quiesce]);
         }
         if founding {
             // A fresh cluster: the first replica of each group creates it with the founding replicas. Never again
@@ -327,7 +330,7 @@ impl Node {
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let watcher = tokio::spawn(count_leader_changes(raft.clone(), leader_changes.clone()));
         if let Ok(mut groups) = self.groups.write() {
-            groups.insert(group, Hosted { raft, proposer: tx, task, leader_changes, watcher });
+            groups.insert(group, Hosted { raft, proposer: tx, task, leader_changes, watcher, quiet: Arc::default() });
         }
         Ok(())
     }
@@ -354,6 +357,31 @@ impl Node {
     /// Every group this node runs.
     pub fn hosted(&self) -> Vec<(GroupId, GroupRaft)> {
         self.groups.read().map(|g| g.iter().map(|(id, h)| (*id, h.raft.clone())).collect()).unwrap_or_default()
+    }
+
+    /// A group this node runs, and its quiescence.
+    pub(crate) fn group_quiet(&self, group: GroupId) -> Option<(GroupRaft, Arc<Quiet>)> {
+        self.groups.read().ok()?.get(&group).map(|h| (h.raft.clone(), h.quiet.clone()))
+    }
+
+    /// Every group this node runs, and its quiescence.
+    pub(crate) fn hosted_quiet(&self) -> Vec<(GroupId, GroupRaft, Arc<Quiet>)> {
+        self.groups
+            .read()
+            .map(|g| g.iter().map(|(id, h)| (*id, h.raft.clone(), h.quiet.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a group is quiesced here.
+    pub fn is_quiesced(&self, group: GroupId) -> bool {
+        self.group_quiet(group).is_some_and(|(_, q)| q.is_quiesced())
+    }
+
+    /// Counts work this node does for `group` as its leader, which wakes the group if quiesced.
+    pub(crate) fn serving(&self, group: GroupId) {
+        if let Some((_, quiet)) = self.group_quiet(group) {
+            quiet.serve();
+        }
     }
 
     /// Leaders seen elected in each group this node runs.
@@ -514,7 +542,8 @@ impl Node {
 
     /// Serves `request` on this node's replica of `group` (it believes it is the leader).
     async fn serve_local(&self, group: GroupId, request: Request) -> Result<Answer, RequestError> {
-        let raft = self.group(group).ok_or(RequestError::Unavailable(group))?;
+        let (raft, quiet) = self.group_quiet(group).ok_or(RequestError::Unavailable(group))?;
+        quiet.serve();
         match request {
             Request::Write(op) => {
                 let proposer = self.proposer(group).ok_or(RequestError::Unavailable(group))?;
@@ -631,6 +660,11 @@ async fn propose_loop(
                     *pay_deadline_ms = at_ms.saturating_add(pay_within.as_millis() as u64);
                 }
             }
+            if lease_lapsed(&raft) {
+                // A leader that heard from no quorum for a lease (a quiesced group) is refused writes by openraft
+                // until one acknowledges it again: confirm leadership first. Failing, the write is refused below.
+                let _ = tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+            }
             let written = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Command { at_ms, ops })).await;
             let failure = match written {
                 Ok(Ok(r)) if r.data.outcomes.len() == replies.len() => {
@@ -656,6 +690,18 @@ async fn propose_loop(
             drop(permit);
         });
     }
+}
+
+/// Whether a leader's lease (openraft's `election_timeout_max` since a quorum last acknowledged it) has lapsed or
+/// is about to.
+fn lease_lapsed(raft: &GroupRaft) -> bool {
+    use openraft::Instant as _;
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    // A lone voter is its own quorum: its lease never lapses.
+    m.membership_config.membership().voter_ids().nth(1).is_some()
+        && m.last_quorum_acked.as_ref().is_none_or(|t| t.elapsed() >= lease * 3 / 4)
 }
 
 /// On every group this node leads: expires unpaid orders past their deadline and forgets idempotency records
@@ -687,8 +733,10 @@ fn election_timeouts(heartbeat_ms: u64, election_ms: u64) -> (u64, u64) {
     (min, (election_ms * 5 / 6).max(min + 1))
 }
 
-/// One heartbeat round per interval for every group this node leads, all at the same instant, so that each peer
-/// gets them in one batch (one request per peer per round, not one per group).
+/// One heartbeat round per interval for every group this node leads and that is awake, all at the same instant,
+/// so that each peer gets them in one batch (one request per peer per round, not one per group). The same round
+/// wakes the quiesced groups that must wake, and runs openraft's ticker only where it has work: on the replicas
+/// that follow an awake leader (see [`crate::quiesce`]).
 async fn heartbeat_loop(node: std::sync::Weak<Node>) {
     let Some(every) = node.upgrade().map(|n| n.config.heartbeat) else { return };
     let mut tick = tokio::time::interval(every);
@@ -696,8 +744,19 @@ async fn heartbeat_loop(node: std::sync::Weak<Node>) {
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        for (_, raft) in node.hosted() {
-            if raft.metrics().borrow_watched().state == ServerState::Leader {
+        let alive = crate::quiesce::alive(&node);
+        for (group, raft, quiet) in node.hosted_quiet() {
+            let state = {
+                let m = raft.metrics();
+                let m = m.borrow_watched();
+                if quiet.is_quiesced() && crate::quiesce::must_wake(&m, node.me, &quiet, &alive) && quiet.wake() {
+                    tracing::debug!("partition {group}: woken (a replica's node is not alive or the leader changed)");
+                }
+                m.state
+            };
+            let quiesced = quiet.is_quiesced();
+            raft.runtime_config().tick(state != ServerState::Leader && !quiesced);
+            if state == ServerState::Leader && !quiesced {
                 // Fails only when the group is shutting down.
                 let _ = raft.trigger().heartbeat().await;
             }
@@ -773,6 +832,7 @@ fn peer_router(node: Arc<Node>) -> Router {
         .route("/internal/admin-local", post(admin_local_rpc))
         .route("/internal/members/{group}", post(members_rpc))
         .route("/internal/drop/{group}", post(drop_rpc))
+        .route("/internal/quiesce", post(quiesce_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(node.clone(), require_cluster_token))
         .with_state(node.clone())
@@ -805,23 +865,38 @@ async fn raft_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 async fn raft_message(node: &Node, message: Envelope) -> Reply {
-    let raft = node.group(message.group).ok_or_else(|| format!("partition {} is not hosted here", message.group))?;
+    let (raft, quiet) =
+        node.group_quiet(message.group).ok_or_else(|| format!("partition {} is not hosted here", message.group))?;
     let body = &message.body;
-    let bytes = match message.op {
+    // Entries or a campaign wake a quiesced follower (once handled, so that its election timer restarts from now);
+    // a heartbeat does not.
+    let (bytes, wakes) = match message.op {
         RaftOp::Append => {
-            let rpc = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-            postcard::to_allocvec(&raft.append_entries(rpc).await.map_err(|e| e.to_string())?)
+            let rpc: openraft::raft::AppendEntriesRequest<C> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            let wakes = !rpc.entries.is_empty();
+            (postcard::to_allocvec(&raft.append_entries(rpc).await.map_err(|e| e.to_string())?), wakes)
         }
         RaftOp::Vote => {
             let rpc = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-            postcard::to_allocvec(&raft.vote(rpc).await.map_err(|e| e.to_string())?)
+            (postcard::to_allocvec(&raft.vote(rpc).await.map_err(|e| e.to_string())?), true)
         }
         RaftOp::PreVote => {
             let rpc = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-            postcard::to_allocvec(&raft.pre_vote(rpc).await.map_err(|e| e.to_string())?)
+            (postcard::to_allocvec(&raft.pre_vote(rpc).await.map_err(|e| e.to_string())?), true)
         }
     };
+    if wakes && quiet.wake() {
+        raft.runtime_config().tick(true);
+    }
     bytes.map(Bytes::from).map_err(|e| e.to_string())
+}
+
+/// A leader's requests to quiesce groups this node follows: one answer per request, in order.
+async fn quiesce_rpc(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match postcard::from_bytes::<Vec<crate::quiesce::Ask>>(&body) {
+        Ok(asks) => postcard_response(&crate::quiesce::answer(&node, &asks)),
+        Err(e) => bad_request(e),
+    }
 }
 
 /// One chunk of a snapshot: kept until the snapshot is whole, which is then installed.

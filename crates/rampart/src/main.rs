@@ -51,7 +51,7 @@ enum Command {
     /// Load generator: concurrent clients against a running cluster, with throughput and latency percentiles.
     Bench(bench_cmd::BenchArgs),
     /// Runs one node: the HTTP API on --http, Raft and internal RPC on --peer.
-    Serve(serve_cmd::ServeArgs),
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Failure-detection tools: the deterministic detector simulator.
     Detect {
         #[command(subcommand)]
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         Command::Cluster { command } => cluster_cmd::run(command),
         Command::Ring { command } => ring_cmd::run(command),
         Command::Detect { command } => detect_cmd::run(command),
-        Command::Serve(args) => serve_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(*args),
         Command::Bench(args) => bench_cmd::run(args),
     };
     match result {

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// rebuilt on the others (default 60000).
     #[arg(long, env = "RAMPART_REPLACE_AFTER_MS")]
     replace_after_ms: Option<u64>,
+    /// A partition that has served nothing for this many ms quiesces: its leader stops heartbeating it and its
+    /// followers watch the leader's node through membership instead (0: never; default 2000).
+    #[arg(long, env = "RAMPART_QUIESCE_AFTER_MS")]
+    quiesce_after_ms: Option<u64>,
     /// A partition snapshots its state after this many log entries since its last snapshot and purges its log
     /// behind it (10 to 10000000, default 5000).
     #[arg(long, env = "RAMPART_SNAPSHOT_LOGS")]
@@ -100,6 +104,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         payment_deadline_ms: args.payment_deadline_ms,
         idempotency_retention_ms: args.idempotency_retention_ms,
         replace_after_ms: args.replace_after_ms,
+        quiesce_after_ms: args.quiesce_after_ms,
         snapshot_logs: args.snapshot_logs,
         snapshot_chunk_bytes: args.snapshot_chunk_bytes,
         cluster_token: args.cluster_token,

@@ -457,3 +457,65 @@ fn the_peer_port_serves_only_members_presenting_the_cluster_token() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Idle partitions quiesce: no heartbeats, no election timers, and no elections while they sleep. A write wakes
+/// its partition. When a node that leads quiesced partitions dies, its followers learn it from membership (there
+/// are no heartbeats to miss) and elect new leaders: every partition takes writes again, nothing acknowledged is
+/// lost, and the node rejoins.
+#[test]
+fn idle_partitions_quiesce_and_fail_over_through_membership() {
+    fn quiesced(cluster: &Cluster, i: usize) -> u64 {
+        (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_quiesced{{partition=\"{p}\"}}"))).sum()
+    }
+    fn terms(cluster: &Cluster, i: usize) -> u64 {
+        (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_term{{partition=\"{p}\"}}"))).sum()
+    }
+    fn all_quiesced(cluster: &Cluster, nodes: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !nodes.iter().all(|&i| quiesced(cluster, i) == 4) {
+            assert!(Instant::now() < deadline, "the idle partitions did not quiesce within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let mut cluster = Cluster::new(28_100, &["--partitions", "4", "--quiesce-after-ms", "300"]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let keys: Vec<String> = (0..24).map(|k| format!("q{k}")).collect();
+    for k in &keys[..8] {
+        assert!(put(&cluster, 0, k, "1"), "{k} acknowledged");
+    }
+    all_quiesced(&cluster, &[0, 1, 2]);
+    // Asleep, the partitions hold no elections.
+    let before: Vec<u64> = (0..3).map(|i| terms(&cluster, i)).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!((0..3).map(|i| terms(&cluster, i)).collect::<Vec<_>>(), before, "an election while quiesced");
+    assert!((0..3).all(|i| quiesced(&cluster, i) == 4), "a partition woke with nothing to do");
+    // A write wakes its partition (through a follower or its leader alike), and it sleeps again after.
+    for (n, k) in keys[8..16].iter().enumerate() {
+        assert!(put(&cluster, n % 3, k, "2"), "{k} acknowledged by a quiesced partition");
+    }
+    all_quiesced(&cluster, &[0, 1, 2]);
+    // Kill a node that leads at least one of the sleeping partitions.
+    let victim = (0..3)
+        .find(|&i| (0..4).any(|p| metric(&cluster, i, &format!("rampart_raft_is_leader{{partition=\"{p}\"}}")) == 1))
+        .expect("some node leads a partition");
+    cluster.kill9(victim);
+    let via = (victim + 1) % 3;
+    for k in &keys[16..] {
+        assert!(put(&cluster, via, k, "3"), "{k}: a partition led by the dead n{victim} took no write");
+    }
+    cluster.start(victim);
+    cluster.wait_ready(Duration::from_secs(20));
+    for i in 0..3 {
+        for (n, k) in keys.iter().enumerate() {
+            let value = 1 + n / 8;
+            let got = http("GET", cluster.http_addr(i), &format!("/v1/kv/{k}"), None);
+            assert!(
+                matches!(&got, Some((200, body)) if body.contains(&format!(r#""value":"{value}""#))),
+                "n{i} lost acknowledged write {k}: {got:?}"
+            );
+        }
+    }
+}

@@ -222,6 +222,9 @@ impl Node {
                 // none.
                 enable_heartbeat: false,
                 heartbeat_min_interval: Some(config.heartbeat.as_millis() as u64 / 2),
+                // A replica that was cut off or restarted asks first whether it could win, and a replica that
+                // heard from its leader within the lease says no: it cannot depose a healthy leader.
+                enable_pre_vote: Some(true),
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
                 max_in_snapshot_log_to_keep: config.snapshot_logs / 5,
                 ..openraft::Config::default()

@@ -388,8 +388,10 @@ impl Node {
             };
             let target: BTreeSet<RaftId> = cluster.replicas(group).into_iter().collect();
             if leads && (voters != target || learners.iter().any(|l| !target.contains(l))) {
-                // A change of replicas is work: the group wakes (and stays awake while it is under way).
+                // A change of replicas is work: the group wakes (and stays awake while it is under way), and a
+                // leader that was quiesced confirms its lease, without which openraft refuses the change.
                 self.serving(group);
+                crate::node::confirm_lease(&raft).await;
             }
             if leads && voters != target && !target.is_empty() {
                 self.move_replicas(group, &raft, &voters, &target).await;

@@ -42,6 +42,8 @@ pub type GroupRaft = Raft<C, StateMachine>;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a leader may take to confirm its leadership for a linearizable read.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a leader waits for a quorum to confirm it before a write or membership change after a lapsed lease.
+const LEASE_CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a leader waits for a write to commit before answering that its outcome is unknown.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Operations waiting for a partition's next entry; beyond this a write is refused as `unavailable`.
@@ -663,11 +665,7 @@ async fn propose_loop(
                     *pay_deadline_ms = at_ms.saturating_add(pay_within.as_millis() as u64);
                 }
             }
-            if lease_lapsed(&raft) {
-                // A leader that heard from no quorum for a lease (a quiesced group) is refused writes by openraft
-                // until one acknowledges it again: confirm leadership first. Failing, the write is refused below.
-                let _ = tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
-            }
+            confirm_lease(&raft).await;
             let written = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Command { at_ms, ops })).await;
             let failure = match written {
                 Ok(Ok(r)) if r.data.outcomes.len() == replies.len() => {
@@ -692,6 +690,15 @@ async fn propose_loop(
             }
             drop(permit);
         });
+    }
+}
+
+/// A leader that heard from no quorum for a lease (a group that was quiesced) is refused writes and membership
+/// changes by openraft until a quorum acknowledges it again: this confirms leadership first, when the lease has
+/// lapsed or is about to. Failing, the write or change that follows is refused (nothing is proposed).
+pub(crate) async fn confirm_lease(raft: &GroupRaft) {
+    if lease_lapsed(raft) {
+        let _ = tokio::time::timeout(LEASE_CONFIRM_TIMEOUT, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
     }
 }
 
@@ -871,8 +878,8 @@ async fn raft_message(node: &Node, message: Envelope) -> Reply {
     let (raft, quiet) =
         node.group_quiet(message.group).ok_or_else(|| format!("partition {} is not hosted here", message.group))?;
     let body = &message.body;
-    // Entries or a campaign wake a quiesced follower (once handled, so that its election timer restarts from now);
-    // a heartbeat does not.
+    // Entries or a vote request wake a quiesced follower (once handled: an append or a granted vote restarts its
+    // election timer); a heartbeat or a pre-vote does not (see the quiesce module).
     let (bytes, wakes) = match message.op {
         RaftOp::Append => {
             let rpc: openraft::raft::AppendEntriesRequest<C> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
@@ -885,7 +892,7 @@ async fn raft_message(node: &Node, message: Envelope) -> Reply {
         }
         RaftOp::PreVote => {
             let rpc = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-            (postcard::to_allocvec(&raft.pre_vote(rpc).await.map_err(|e| e.to_string())?), true)
+            (postcard::to_allocvec(&raft.pre_vote(rpc).await.map_err(|e| e.to_string())?), false)
         }
     };
     if wakes && quiet.wake() {

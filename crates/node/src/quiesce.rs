@@ -11,12 +11,17 @@
 //! What wakes a group:
 //! - on its leader: a request served for it (a write or a read) or a change of its replicas; a follower's node
 //!   that membership no longer calls alive (it may come back with no memory of the quiescence and campaign);
-//! - on a follower: an append that carries entries, a vote or pre-vote request, a leader other than the one it
-//!   quiesced under, or that leader's node no longer alive.
+//! - on a follower: an append that carries entries, a vote request, a leader other than the one it quiesced
+//!   under or one that is no longer a voter, or that leader's node no longer alive. (Not a pre-vote: granting one
+//!   changes nothing, and waking on it would make every follower a candidate at once. The real vote that follows a
+//!   successful pre-vote wakes it.)
 //!
 //! Raft's safety never depends on timers, so none of this can lose or fork data. A wrong guess costs liveness
 //! only, and boundedly: one election in an idle group, or a failover at membership's detection speed instead of
 //! Raft's. A group stays awake while anything is in flight, so a partition under load fails over as fast as ever.
+//! Pre-vote does not shield a quiesced group the way it shields an awake one: its replicas have no recent word
+//! from the leader to defend, so a follower woken by a false suspicion of the leader's node wins the election
+//! (one election in an idle group).
 //!
 //! Leaders also stop their own ticker whether quiesced or not: with openraft's heartbeats replaced by the
 //! node-wide round, a leader's tick has nothing to do.
@@ -110,7 +115,10 @@ pub(crate) fn must_wake(m: &RaftMetrics<TypeConfig>, me: RaftId, quiet: &Quiet, 
         ServerState::Leader => m.membership_config.membership().voter_ids().any(|v| v != me && !alive.contains(&v)),
         ServerState::Follower => {
             let leader = quiet.leader.load(Ordering::Acquire);
-            m.current_leader != Some(leader) || !alive.contains(&leader)
+            m.current_leader != Some(leader)
+                || !alive.contains(&leader)
+                // A leader that removed itself from the group steps down and leaves it: no one would campaign.
+                || !m.membership_config.membership().voter_ids().any(|v| v == leader)
         }
         _ => true,
     }
@@ -122,21 +130,28 @@ pub(crate) fn answer(node: &Node, asks: &[Ask]) -> Vec<bool> {
     asks.iter()
         .map(|ask| {
             let Some((raft, quiet)) = node.group_quiet(ask.group) else { return false };
-            let qualifies = {
-                let m = raft.metrics();
-                let m = m.borrow_watched();
+            let qualifies = |m: &RaftMetrics<TypeConfig>| {
                 m.state == ServerState::Follower
                     && m.current_leader == Some(ask.leader)
                     && m.current_term == ask.term
                     && m.last_log_index == Some(ask.last_index)
                     && m.local_committed.as_ref().map(|c| c.index) == Some(ask.last_index)
+                    && m.membership_config.membership().voter_ids().any(|v| v == ask.leader)
                     && alive.contains(&ask.leader)
             };
-            if qualifies {
-                quiet.quiesce_follower(ask.leader);
-                raft.runtime_config().tick(false);
+            if !qualifies(&raft.metrics().borrow_watched()) {
+                return false;
             }
-            qualifies
+            quiet.quiesce_follower(ask.leader);
+            raft.runtime_config().tick(false);
+            // An append handled between the check and the quiescing would have found the group awake: look again.
+            if !qualifies(&raft.metrics().borrow_watched()) {
+                if quiet.wake() {
+                    raft.runtime_config().tick(true);
+                }
+                return false;
+            }
+            true
         })
         .collect()
 }
@@ -149,7 +164,11 @@ fn settled(m: &RaftMetrics<TypeConfig>, group: GroupId) -> Option<(Ask, Vec<Raft
     }
     let last_index = m.last_log_index?;
     let membership = m.membership_config.membership();
-    if membership.get_joint_config().len() != 1 || membership.learner_ids().next().is_some() {
+    // A leader that is no longer a voter is about to step down and leave the group to the others.
+    if membership.get_joint_config().len() != 1
+        || membership.learner_ids().next().is_some()
+        || !membership.voter_ids().any(|v| v == m.id)
+    {
         return None;
     }
     if m.local_committed.as_ref().map(|c| c.index) != Some(last_index) {
@@ -243,6 +262,61 @@ pub(crate) async fn quiesce_loop(node: std::sync::Weak<Node>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type C = TypeConfig;
+
+    /// Metrics of node `me` in `state`, in a group of `voters` (and `learners`) whose log ends at index 5, all of
+    /// it committed; on a leader, each follower holding up to `matched`.
+    fn metrics(me: RaftId, state: ServerState, voters: &[RaftId], learners: &[RaftId], matched: u64) -> RaftMetrics<C> {
+        let mut m = RaftMetrics::new_initial(me);
+        m.state = state;
+        m.current_term = 2;
+        m.last_log_index = Some(5);
+        m.local_committed = Some(openraft::testing::log_id::<C>(2, 1, 5));
+        let all = voters.iter().chain(learners).copied();
+        let membership = openraft::Membership::new_with_defaults(vec![voters.iter().copied().collect()], all);
+        m.membership_config = Arc::new(openraft::StoredMembership::new(None, membership));
+        if state == ServerState::Leader {
+            let followers = voters.iter().chain(learners).filter(|v| **v != me);
+            m.replication =
+                Some(followers.map(|f| (*f, Some(openraft::testing::log_id::<C>(2, me, matched)))).collect());
+        } else {
+            m.current_leader = Some(1);
+        }
+        m
+    }
+
+    /// A leader asks only with every entry held by every voter, no learner, and itself still a voter.
+    #[test]
+    fn a_leader_asks_only_when_its_group_is_settled() {
+        let (ask, followers) = settled(&metrics(1, ServerState::Leader, &[1, 2, 3], &[], 5), 7).expect("settled");
+        assert_eq!((ask.group, ask.leader, ask.term, ask.last_index), (7, 1, 2, 5));
+        assert_eq!(followers, vec![2, 3]);
+        assert!(settled(&metrics(1, ServerState::Leader, &[1, 2, 3], &[], 4), 7).is_none(), "a follower lags");
+        assert!(settled(&metrics(1, ServerState::Leader, &[1, 2, 3], &[4], 5), 7).is_none(), "a learner");
+        assert!(settled(&metrics(1, ServerState::Leader, &[2, 3, 4], &[], 5), 7).is_none(), "no longer a voter");
+        assert!(settled(&metrics(2, ServerState::Follower, &[1, 2, 3], &[], 5), 7).is_none(), "not the leader");
+    }
+
+    /// A quiesced follower wakes when its leader's node is not alive, when another leader appears, or when its
+    /// leader left the group; a quiesced leader wakes when a follower's node is not alive.
+    #[test]
+    fn quiesced_replicas_wake_when_their_peers_are_gone() {
+        let quiet = Quiet::default();
+        quiet.quiesce_follower(1);
+        let everyone: BTreeSet<RaftId> = [1, 2, 3].into();
+        let follower = metrics(2, ServerState::Follower, &[1, 2, 3], &[], 5);
+        assert!(!must_wake(&follower, 2, &quiet, &everyone));
+        assert!(must_wake(&follower, 2, &quiet, &[2, 3].into()), "the leader's node is not alive");
+        let mut other = follower.clone();
+        other.current_leader = Some(3);
+        assert!(must_wake(&other, 2, &quiet, &everyone), "another leader");
+        assert!(must_wake(&metrics(2, ServerState::Follower, &[2, 3, 4], &[], 5), 2, &quiet, &everyone), "left");
+        assert!(must_wake(&metrics(2, ServerState::Candidate, &[1, 2, 3], &[], 5), 2, &quiet, &everyone));
+        let leader = metrics(1, ServerState::Leader, &[1, 2, 3], &[], 5);
+        assert!(!must_wake(&leader, 1, &quiet, &everyone));
+        assert!(must_wake(&leader, 1, &quiet, &[1, 2].into()), "a follower's node is not alive");
+    }
 
     /// A request served between the ask and the answers keeps the leader awake; serving wakes a quiesced
     /// leader; a follower quiesces and wakes.

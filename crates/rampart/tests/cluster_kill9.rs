@@ -207,6 +207,16 @@ fn acknowledged_writes_survive_kill_9_of_every_node_at_once() {
     assert!(put(&cluster, 0, "after", "restart"), "the restarted cluster takes writes");
 }
 
+/// The sum of a per-partition gauge (`name{partition="..."}`) over node `i`'s partitions; panics if the node does
+/// not answer, so that a failed read is never taken for a zero.
+fn partition_sum(cluster: &Cluster, i: usize, name: &str) -> u64 {
+    let Some((200, text)) = http("GET", cluster.http_addr(i), "/metrics", None) else {
+        panic!("n{i} did not serve its metrics");
+    };
+    let prefix = format!("{name}{{partition=");
+    text.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
+
 /// A counter or gauge from node `i`'s `/metrics` (0 when absent).
 fn metric(cluster: &Cluster, i: usize, name: &str) -> u64 {
     let Some((200, text)) = http("GET", cluster.http_addr(i), "/metrics", None) else { return 0 };
@@ -465,10 +475,10 @@ fn the_peer_port_serves_only_members_presenting_the_cluster_token() {
 #[test]
 fn idle_partitions_quiesce_and_fail_over_through_membership() {
     fn quiesced(cluster: &Cluster, i: usize) -> u64 {
-        (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_quiesced{{partition=\"{p}\"}}"))).sum()
+        partition_sum(cluster, i, "rampart_raft_quiesced")
     }
     fn terms(cluster: &Cluster, i: usize) -> u64 {
-        (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_term{{partition=\"{p}\"}}"))).sum()
+        partition_sum(cluster, i, "rampart_raft_term")
     }
     fn all_quiesced(cluster: &Cluster, nodes: &[usize]) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -487,11 +497,14 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
         assert!(put(&cluster, 0, k, "1"), "{k} acknowledged");
     }
     all_quiesced(&cluster, &[0, 1, 2]);
-    // Asleep, the partitions hold no elections.
-    let before: Vec<u64> = (0..3).map(|i| terms(&cluster, i)).collect();
+    // Asleep, the partitions hold no elections. (A leader stopping its heartbeats while a follower kept its timer
+    // would show as an election every 200 ms or so; one is allowed, should a busy machine make membership suspect
+    // a node, which wakes its partitions by design, and they sleep again.)
+    let before: u64 = (0..3).map(|i| terms(&cluster, i)).sum();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!((0..3).map(|i| terms(&cluster, i)).collect::<Vec<_>>(), before, "an election while quiesced");
-    assert!((0..3).all(|i| quiesced(&cluster, i) == 4), "a partition woke with nothing to do");
+    let elections = ((0..3).map(|i| terms(&cluster, i)).sum::<u64>() - before) / 3;
+    assert!(elections <= 1, "{elections} elections in quiesced partitions in 1.5 s");
+    all_quiesced(&cluster, &[0, 1, 2]);
     // A write wakes its partition (through a follower or its leader alike), and it sleeps again after.
     for (n, k) in keys[8..16].iter().enumerate() {
         assert!(put(&cluster, n % 3, k, "2"), "{k} acknowledged by a quiesced partition");
@@ -522,12 +535,13 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
 
 /// A node that comes back after membership declared it dead rejoins without deposing anyone: it asks first
 /// whether it could win an election (pre-vote), and the replicas that hear from their leaders say no. Its
-/// partitions keep their leaders and terms, and it serves the writes made while it was away.
+/// partitions keep their leaders and terms, and it serves the writes made while it was away. (Its partitions are
+/// awake here: their leaders woke when its node was declared dead.)
 #[test]
 fn a_node_that_rejoins_deposes_no_leader() {
     const PARTITIONS: u32 = 64;
     fn terms(cluster: &Cluster, i: usize) -> u64 {
-        (0..PARTITIONS).map(|p| metric(cluster, i, &format!("rampart_raft_term{{partition=\"{p}\"}}"))).sum()
+        partition_sum(cluster, i, "rampart_raft_term")
     }
     let mut cluster = Cluster::new(28_200, &["--partitions", "64"]);
     for i in 0..3 {
@@ -559,7 +573,7 @@ fn a_node_that_rejoins_deposes_no_leader() {
     // Without pre-vote, 38 of the 64 partitions held an election here in one run. One or two may still hold one
     // if a busy machine delays a heartbeat past the lease (then a pre-vote is rightly granted); more means
     // pre-vote is not at work.
-    let elections = terms(&cluster, 0) - before;
+    let elections = terms(&cluster, 0).saturating_sub(before);
     assert!(elections <= 2, "{elections} elections in {PARTITIONS} partitions as n2 rejoined");
     for k in &keys {
         let got = http("GET", cluster.http_addr(2), &format!("/v1/kv/{k}"), None);

@@ -24,7 +24,8 @@
 //! (one election in an idle group).
 //!
 //! Leaders also stop their own ticker whether quiesced or not: with openraft's heartbeats replaced by the
-//! node-wide round, a leader's tick has nothing to do.
+//! node-wide round, a leader's tick has nothing to do. The metadata group never quiesces (one group: little to
+//! save, and configuration changes run through it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,12 +13,6 @@ quiesce_after=${QUIESCE_AFTER_MS:-300}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 rampart_bench_setup
-ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
-start_node() {
-  "$bin" serve --id "n$1" --http "127.0.0.1:710$1" --peer "127.0.0.1:720$1" --data-dir "$dir/n$1" \
-    --initial-cluster "$ic" --quiesce-after-ms "$quiesce_after" >>"$dir/n$1.log" 2>&1 &
-  pids[$(($1 - 1))]=$!
-}
 quiesced() { curl -s "127.0.0.1:710$1/metrics" | awk '/^rampart_raft_quiesced/ {s += $2} END {print s + 0}'; }
 all_quiesced() {
   if [ "$quiesce_after" = 0 ]; then sleep 3; return 0; fi
@@ -60,7 +54,7 @@ PY
 )
   echo "trial $t: killed n$victim (leading $led partitions): every partition written ${ms} ms after the kill"
   windows+=("$ms")
-  start_node "$victim"
+  start_node "$victim" --quiesce-after-ms "$quiesce_after"
   sleep 1
 done
 sorted=$(printf '%s\n' "${windows[@]}" | sort -n)

@@ -26,12 +26,16 @@ stop_rampart() {
   sleep 0.2
 }
 
+# Starts (or restarts, on its data) node N of the cluster, with any further settings; its PID goes to pids[N-1].
+start_node() {
+  local i=$1; shift
+  "$bin" serve --id "n$i" --http "127.0.0.1:710$i" --peer "127.0.0.1:720$i" --data-dir "$dir/n$i" \
+    --initial-cluster "n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203" "$@" >>"$dir/n$i.log" 2>&1 &
+  pids[$((i - 1))]=$!
+}
+
 start_rampart() {
-  local ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
-  for i in 1 2 3; do
-    "$bin" serve --id "n$i" --http "127.0.0.1:710$i" --peer "127.0.0.1:720$i" --data-dir "$dir/n$i" --initial-cluster "$ic" "$@" >>"$dir/n$i.log" 2>&1 &
-    pids+=($!)
-  done
+  for i in 1 2 3; do start_node "$i" "$@"; done
   for _ in $(seq 200); do
     local ok=1
     for i in 1 2 3; do curl -sf "127.0.0.1:710$i/readyz" >/dev/null || ok=0; done

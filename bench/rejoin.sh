@@ -10,7 +10,6 @@ trials=${1:-3}; workload=${2:-kv}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 rampart_bench_setup
-ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
 terms() { curl -s "127.0.0.1:710$1/metrics" | awk '/^rampart_raft_term/ {s += $2} END {print s + 0}'; }
 for t in $(seq "$trials"); do
   start_rampart
@@ -22,9 +21,7 @@ for t in $(seq "$trials"); do
     2>/dev/null >"$dir/bench.txt" &
   load=$!
   sleep 2
-  "$bin" serve --id n3 --http 127.0.0.1:7103 --peer 127.0.0.1:7203 --data-dir "$dir/n3" --initial-cluster "$ic" \
-    >>"$dir/n3.log" 2>&1 &
-  pids[2]=$!
+  start_node 3
   while kill -0 "$load" 2>/dev/null; do sleep 0.2; done
   echo "trial $t: $(grep -v '^$' "$dir/bench.txt")  elections while n3 rejoined: $(( $(terms 1) - before ))"
   stop_rampart

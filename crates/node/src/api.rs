@@ -230,7 +230,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let _ = writeln!(out, "# TYPE rampart_raft_purged_index gauge");
     let _ = writeln!(out, "# TYPE rampart_raft_quiesced gauge");
     let leader_changes = node.leader_changes();
-    for (g, raft) in &node.hosted() {
+    for (g, raft, quiet) in &node.hosted_quiet() {
         let m = raft.metrics().borrow_watched().clone();
         let _ = writeln!(out, "rampart_raft_term{{partition=\"{g}\"}} {}", m.current_term);
         let _ = writeln!(out, "rampart_raft_last_log_index{{partition=\"{g}\"}} {}", m.last_log_index.unwrap_or(0));
@@ -249,7 +249,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         let snapshot = m.snapshot.map_or(0, |l| l.index);
         let _ = writeln!(out, "rampart_raft_snapshot_index{{partition=\"{g}\"}} {snapshot}");
         let _ = writeln!(out, "rampart_raft_purged_index{{partition=\"{g}\"}} {}", m.purged.map_or(0, |l| l.index));
-        let _ = writeln!(out, "rampart_raft_quiesced{{partition=\"{g}\"}} {}", u8::from(node.is_quiesced(*g)));
+        let _ = writeln!(out, "rampart_raft_quiesced{{partition=\"{g}\"}} {}", u8::from(quiet.is_quiesced()));
         let changes = leader_changes.get(g).copied().unwrap_or(0);
         let _ = writeln!(out, "rampart_raft_leader_changes_total{{partition=\"{g}\"}} {changes}");
     }

@@ -373,7 +373,7 @@ impl Node {
                 }
             }
         }
-        for (group, raft) in self.hosted() {
+        for (group, raft, quiet) in self.hosted_quiet() {
             if group == META_GROUP {
                 continue;
             }
@@ -390,7 +390,7 @@ impl Node {
             if leads && (voters != target || learners.iter().any(|l| !target.contains(l))) {
                 // A change of replicas is work: the group wakes (and stays awake while it is under way), and a
                 // leader that was quiesced confirms its lease, without which openraft refuses the change.
-                self.serving(group);
+                quiet.serve();
                 crate::node::confirm_lease(&raft).await;
             }
             if leads && voters != target && !target.is_empty() {

@@ -377,18 +377,6 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Whether a group is quiesced here.
-    pub fn is_quiesced(&self, group: GroupId) -> bool {
-        self.group_quiet(group).is_some_and(|(_, q)| q.is_quiesced())
-    }
-
-    /// Counts work this node does for `group` as its leader, which wakes the group if quiesced.
-    pub(crate) fn serving(&self, group: GroupId) {
-        if let Some((_, quiet)) = self.group_quiet(group) {
-            quiet.serve();
-        }
-    }
-
     /// Leaders seen elected in each group this node runs.
     pub fn leader_changes(&self) -> BTreeMap<GroupId, u64> {
         use std::sync::atomic::Ordering::Relaxed;

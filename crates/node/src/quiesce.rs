@@ -119,10 +119,15 @@ pub(crate) fn must_wake(m: &RaftMetrics<TypeConfig>, me: RaftId, quiet: &Quiet, 
             m.current_leader != Some(leader)
                 || !alive.contains(&leader)
                 // A leader that removed itself from the group steps down and leaves it: no one would campaign.
-                || !m.membership_config.membership().voter_ids().any(|v| v == leader)
+                || !is_voter(m, leader)
         }
         _ => true,
     }
+}
+
+/// Whether `id` is a voter of the group's effective membership.
+fn is_voter(m: &RaftMetrics<TypeConfig>, id: RaftId) -> bool {
+    m.membership_config.membership().voter_ids().any(|v| v == id)
 }
 
 /// On a follower: answers a leader's requests to quiesce, quiescing each group that qualifies.
@@ -137,7 +142,7 @@ pub(crate) fn answer(node: &Node, asks: &[Ask]) -> Vec<bool> {
                     && m.current_term == ask.term
                     && m.last_log_index == Some(ask.last_index)
                     && m.local_committed.as_ref().map(|c| c.index) == Some(ask.last_index)
-                    && m.membership_config.membership().voter_ids().any(|v| v == ask.leader)
+                    && is_voter(m, ask.leader)
                     && alive.contains(&ask.leader)
             };
             if !qualifies(&raft.metrics().borrow_watched()) {
@@ -166,10 +171,7 @@ fn settled(m: &RaftMetrics<TypeConfig>, group: GroupId) -> Option<(Ask, Vec<Raft
     let last_index = m.last_log_index?;
     let membership = m.membership_config.membership();
     // A leader that is no longer a voter is about to step down and leave the group to the others.
-    if membership.get_joint_config().len() != 1
-        || membership.learner_ids().next().is_some()
-        || !membership.voter_ids().any(|v| v == m.id)
-    {
+    if membership.get_joint_config().len() != 1 || membership.learner_ids().next().is_some() || !is_voter(m, m.id) {
         return None;
     }
     if m.local_committed.as_ref().map(|c| c.index) != Some(last_index) {

@@ -119,18 +119,7 @@ fn acknowledged_writes_survive_kill_9_of_each_node_in_turn() {
             if phase == 1 {
                 cluster.kill9(victim);
                 // The survivors' failure detector declares it dead within the LAN bound (about a second).
-                let other = (victim + 1) % 3;
-                let killed = Instant::now();
-                let dead = |body: &str| {
-                    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-                    v["nodes"].as_array().is_some_and(|nodes| {
-                        nodes.iter().any(|n| n["id"] == format!("n{victim}").as_str() && n["state"] == "dead")
-                    })
-                };
-                while !http("GET", cluster.http_addr(other), "/v1/cluster", None).is_some_and(|(_, b)| dead(&b)) {
-                    assert!(killed.elapsed() < Duration::from_secs(3), "n{victim} not declared dead within 3 s");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                wait_declared_dead(&cluster, (victim + 1) % 3, victim, Instant::now(), Duration::from_secs(3));
             }
             if phase == 2 {
                 cluster.start(victim);
@@ -205,6 +194,20 @@ fn acknowledged_writes_survive_kill_9_of_every_node_at_once() {
         }
     }
     assert!(put(&cluster, 0, "after", "restart"), "the restarted cluster takes writes");
+}
+
+/// Waits until node `observer`'s cluster view shows node `victim` (killed at `killed`) as dead; fails past `within`.
+fn wait_declared_dead(cluster: &Cluster, observer: usize, victim: usize, killed: Instant, within: Duration) {
+    let dead = |body: &str| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["nodes"]
+            .as_array()
+            .is_some_and(|nodes| nodes.iter().any(|n| n["id"] == format!("n{victim}").as_str() && n["state"] == "dead"))
+    };
+    while !http("GET", cluster.http_addr(observer), "/v1/cluster", None).is_some_and(|(_, b)| dead(&b)) {
+        assert!(killed.elapsed() < within, "n{victim} not declared dead within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The sum of a per-partition gauge (`name{partition="..."}`) over node `i`'s partitions; panics if the node does
@@ -474,15 +477,12 @@ fn the_peer_port_serves_only_members_presenting_the_cluster_token() {
 /// lost, and the node rejoins.
 #[test]
 fn idle_partitions_quiesce_and_fail_over_through_membership() {
-    fn quiesced(cluster: &Cluster, i: usize) -> u64 {
-        partition_sum(cluster, i, "rampart_raft_quiesced")
+    fn terms(cluster: &Cluster) -> u64 {
+        (0..3).map(|i| partition_sum(cluster, i, "rampart_raft_term")).sum()
     }
-    fn terms(cluster: &Cluster, i: usize) -> u64 {
-        partition_sum(cluster, i, "rampart_raft_term")
-    }
-    fn all_quiesced(cluster: &Cluster, nodes: &[usize]) {
+    fn all_quiesced(cluster: &Cluster) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !nodes.iter().all(|&i| quiesced(cluster, i) == 4) {
+        while !(0..3).all(|i| partition_sum(cluster, i, "rampart_raft_quiesced") == 4) {
             assert!(Instant::now() < deadline, "the idle partitions did not quiesce within 10 s");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -496,20 +496,20 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
     for k in &keys[..8] {
         assert!(put(&cluster, 0, k, "1"), "{k} acknowledged");
     }
-    all_quiesced(&cluster, &[0, 1, 2]);
+    all_quiesced(&cluster);
     // Asleep, the partitions hold no elections. (A leader stopping its heartbeats while a follower kept its timer
     // would show as an election every 200 ms or so; one is allowed, should a busy machine make membership suspect
     // a node, which wakes its partitions by design, and they sleep again.)
-    let before: u64 = (0..3).map(|i| terms(&cluster, i)).sum();
+    let before = terms(&cluster);
     std::thread::sleep(Duration::from_millis(1500));
-    let elections = ((0..3).map(|i| terms(&cluster, i)).sum::<u64>() - before) / 3;
+    let elections = (terms(&cluster) - before) / 3;
     assert!(elections <= 1, "{elections} elections in quiesced partitions in 1.5 s");
-    all_quiesced(&cluster, &[0, 1, 2]);
+    all_quiesced(&cluster);
     // A write wakes its partition (through a follower or its leader alike), and it sleeps again after.
     for (n, k) in keys[8..16].iter().enumerate() {
         assert!(put(&cluster, n % 3, k, "2"), "{k} acknowledged by a quiesced partition");
     }
-    all_quiesced(&cluster, &[0, 1, 2]);
+    all_quiesced(&cluster);
     // Kill a node that leads at least one of the sleeping partitions.
     let victim = (0..3)
         .find(|&i| (0..4).any(|p| metric(&cluster, i, &format!("rampart_raft_is_leader{{partition=\"{p}\"}}")) == 1))
@@ -540,9 +540,6 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
 #[test]
 fn a_node_that_rejoins_deposes_no_leader() {
     const PARTITIONS: u32 = 64;
-    fn terms(cluster: &Cluster, i: usize) -> u64 {
-        partition_sum(cluster, i, "rampart_raft_term")
-    }
     let mut cluster = Cluster::new(28_200, &["--partitions", "64"]);
     for i in 0..3 {
         cluster.start(i);
@@ -551,14 +548,7 @@ fn a_node_that_rejoins_deposes_no_leader() {
     cluster.kill9(2);
     // Declared dead: the survivors have re-elected whatever n2 led, and n2's return is a real rejoin.
     let killed = Instant::now();
-    let dead = |body: &str| {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        v["nodes"].as_array().is_some_and(|nodes| nodes.iter().any(|n| n["id"] == "n2" && n["state"] == "dead"))
-    };
-    while !http("GET", cluster.http_addr(0), "/v1/cluster", None).is_some_and(|(_, b)| dead(&b)) {
-        assert!(killed.elapsed() < Duration::from_secs(5), "n2 not declared dead within 5 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_declared_dead(&cluster, 0, 2, killed, Duration::from_secs(5));
     let keys: Vec<String> = (0..16).map(|k| format!("r{k}")).collect();
     for k in &keys {
         assert!(put(&cluster, 0, k, "v"), "{k} acknowledged by the two survivors");
@@ -566,14 +556,14 @@ fn a_node_that_rejoins_deposes_no_leader() {
     // Away a while longer: the leaders now retry it every 200 ms (openraft's backoff for an unreachable replica),
     // so when it returns its election timer may fire before their first heartbeat reaches it.
     std::thread::sleep(Duration::from_secs(3).saturating_sub(killed.elapsed()));
-    let before = terms(&cluster, 0);
+    let before = partition_sum(&cluster, 0, "rampart_raft_term");
     cluster.start(2);
     cluster.wait_ready(Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(2));
     // Without pre-vote, 38 of the 64 partitions held an election here in one run. One or two may still hold one
     // if a busy machine delays a heartbeat past the lease (then a pre-vote is rightly granted); more means
     // pre-vote is not at work.
-    let elections = terms(&cluster, 0).saturating_sub(before);
+    let elections = partition_sum(&cluster, 0, "rampart_raft_term").saturating_sub(before);
     assert!(elections <= 2, "{elections} elections in {PARTITIONS} partitions as n2 rejoined");
     for k in &keys {
         let got = http("GET", cluster.http_addr(2), &format!("/v1/kv/{k}"), None);

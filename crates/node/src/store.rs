@@ -1025,8 +1025,8 @@ impl RaftStateMachine<C> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Called between applies: the view is of one applied index, whatever is applied while it is encoded. The
-        // key-value rows and the orders are persistent maps, shared with the view rather than copied, so the
-        // partition's applies wait only for its products, refusals and holds to be copied.
+        // key-value rows, orders, refusals and holds are persistent maps, shared with the view rather than copied,
+        // so the partition's applies wait only for its products to be copied.
         let taken = self.state.lock().map_err(other).map(|state| {
             let meta = SnapshotMetaOf::<C> { last_log_id: state.applied, last_membership: state.membership.clone() };
             (meta, state.kv.clone(), state.shard.rows_view())

@@ -1,14 +1,17 @@
 //! The cost of applying orders to one partition's shard: the work every replica does per order.
 //!
 //! `place_order/hot_sku` is a flash sale: new customers ordering one unit of one SKU (with a per-user limit) into a
-//! shard that already holds `N` orders. `place_order/retry` replays an order that is remembered.
+//! shard that already holds `N` orders. `place_order/sold_out` is the same once the stock is gone: each order
+//! refused and remembered. `place_order/retry` replays an order that is remembered.
+//! `rows_view/*` takes the view a snapshot is encoded from, of a sold-out partition that remembers 100,000 refused
+//! orders and of one holding 100,000 saga legs of orders placed in other partitions.
 //!
 //! `cargo bench -p rampart-trading --bench apply`
 
 use std::collections::BTreeMap;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use rampart_trading::{Command, Item, Shard, Sku, Stamped, UserId};
+use rampart_trading::{Command, Item, OrderId, Shard, Sku, Stamped, UserId};
 
 const SKU: &str = "flash-sale-hot-sku";
 
@@ -27,12 +30,18 @@ fn order(n: u64) -> Stamped {
 
 /// A shard holding one hot product and `orders` orders for it.
 fn shard_with(orders: u64) -> Shard {
+    shard_with_stock(orders, 1_000_000_000)
+}
+
+/// A shard holding one hot product of `stock` units, after `orders` one-unit orders for it (past the stock, each
+/// a remembered refusal).
+fn shard_with_stock(orders: u64, stock: u64) -> Shard {
     let mut shard = Shard::new(7);
     let create = Command::CreateProduct {
         sku: Sku(SKU.into()),
         name: "hot".into(),
         price_cents: 1999,
-        stock: 1_000_000_000,
+        stock,
         max_per_user: Some(1),
     };
     shard.apply(&Stamped { at_ms: 1_700_000_000_000, command: create });
@@ -65,6 +74,24 @@ fn place_order(c: &mut Criterion) {
             )
         });
     }
+    // Orders that a sold-out product refuses, each remembered for its idempotency key.
+    let sold_out = shard_with_stock(100_000, 1_000);
+    let mut next = 100_000;
+    group.bench_function("sold_out/100000_refused", |b| {
+        b.iter_batched_ref(
+            || {
+                let commands: Vec<Stamped> = (next..next + BATCH).map(order).collect();
+                next += BATCH;
+                (sold_out.clone(), commands)
+            },
+            |(shard, commands)| {
+                for c in commands.iter() {
+                    std::hint::black_box(shard.apply(c));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
     let mut shard = shard_with(100_000);
     let retries: Vec<Stamped> = (0..BATCH).map(|n| order(n * 97)).collect();
     group.bench_function("retry/100000_held", |b| {
@@ -77,5 +104,22 @@ fn place_order(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, place_order);
+fn rows_view(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rows_view");
+    let sold_out = shard_with_stock(101_000, 1_000);
+    group.bench_function("sold_out_100000_refused", |b| b.iter(|| std::hint::black_box(sold_out.rows_view())));
+    let mut legs = shard_with(0);
+    for n in 0..100_000 {
+        let reserve = Command::Reserve {
+            order_id: OrderId::new(3, n),
+            user_id: UserId(format!("bench-run-customer-{n}")),
+            items: vec![Item { sku: Sku(SKU.into()), qty: 1 }],
+        };
+        legs.apply(&Stamped { at_ms: 1_700_000_000_000, command: reserve });
+    }
+    group.bench_function("100000_holds", |b| b.iter(|| std::hint::black_box(legs.rows_view())));
+    group.finish();
+}
+
+criterion_group!(benches, place_order, rows_view);
 criterion_main!(benches);

@@ -23,19 +23,21 @@ pub struct RowsView {
     /// The meta row and the products.
     head: Vec<Row>,
     orders: imbl::OrdMap<OrderId, Order>,
-    /// The remembered refusals and the holds.
-    tail: Vec<Row>,
+    refusals: imbl::OrdMap<u64, Refusal>,
+    holds: imbl::OrdMap<OrderId, Hold>,
 }
 
 impl RowsView {
     fn len(&self) -> usize {
-        self.head.len() + self.orders.len() + self.tail.len()
+        self.head.len() + self.orders.len() + self.refusals.len() + self.holds.len()
     }
 
     /// The rows, in [`Shard::rows`]'s order.
     pub fn rows(&self) -> impl Iterator<Item = Row> + '_ {
         let orders = self.orders.values().cloned().map(Row::Order);
-        self.head.iter().cloned().chain(orders).chain(self.tail.iter().cloned())
+        let refusals = self.refusals.iter().map(|(seq, refusal)| Row::Refusal { seq: *seq, refusal: refusal.clone() });
+        let holds = self.holds.values().cloned().map(Row::Hold);
+        self.head.iter().cloned().chain(orders).chain(refusals).chain(holds)
     }
 }
 
@@ -54,7 +56,8 @@ impl serde::Serialize for RowsView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Remembered {
     Placed(OrderId),
-    Refused { seq: u64, refusal: Refusal },
+    /// The refusal's sequence number in [`Shard::refusals`].
+    Refused(u64),
 }
 
 /// The trading state of one partition.
@@ -65,15 +68,16 @@ pub struct Shard {
     /// The latest business time applied: commands stamped earlier (a new leader whose clock lags) act at this time.
     clock_ms: u64,
     products: BTreeMap<Sku, Product>,
-    /// Persistent: a snapshot takes it in constant time ([`Shard::rows_view`]).
+    /// Persistent, as are the refusals and the holds: a snapshot takes them in constant time
+    /// ([`Shard::rows_view`]).
     orders: imbl::OrdMap<OrderId, Order>,
     next_refusal: u64,
+    /// The remembered refusals, by sequence number.
+    refusals: imbl::OrdMap<u64, Refusal>,
     /// Other partitions' order lines held here (saga legs), by order id.
-    holds: BTreeMap<OrderId, Hold>,
+    holds: imbl::OrdMap<OrderId, Hold>,
     /// Derived: what each remembered `(user, key)` names.
     idempotency: BTreeMap<(UserId, String), Remembered>,
-    /// Derived: the remembered refusals by sequence number.
-    refusals: BTreeMap<u64, (UserId, String)>,
     /// Derived: units each user holds of each product in confirmed or paid orders.
     held: BTreeMap<(Sku, UserId), u64>,
     /// Derived: confirmed orders by payment deadline.
@@ -119,8 +123,8 @@ impl Shard {
                 Row::Refusal { seq, refusal } => {
                     let key = (refusal.user_id.clone(), refusal.key.clone());
                     shard.remembered.insert((refusal.at_ms, key.0.clone(), key.1.clone()));
-                    shard.refusals.insert(seq, key.clone());
-                    shard.idempotency.insert(key, Remembered::Refused { seq, refusal });
+                    shard.idempotency.insert(key, Remembered::Refused(seq));
+                    shard.refusals.insert(seq, refusal);
                 }
             }
         }
@@ -208,15 +212,13 @@ impl Shard {
         self.rows_view().rows().collect()
     }
 
-    /// The shard's rows as they are now, to be read (or encoded) while the shard goes on applying. The orders, the
-    /// bulk of a busy partition, are shared, not copied: taking the view costs the products, the remembered
-    /// refusals and the holds.
+    /// The shard's rows as they are now, to be read (or encoded) while the shard goes on applying. The orders,
+    /// remembered refusals and holds, what grows with a partition's traffic, are shared, not copied: taking the
+    /// view costs the products.
     pub fn rows_view(&self) -> RowsView {
         let mut head = vec![self.meta()];
         head.extend(self.products.values().cloned().map(Row::Product));
-        let mut tail: Vec<Row> = self.refusals.keys().filter_map(|seq| self.refusal_row(*seq)).collect();
-        tail.extend(self.holds.values().cloned().map(Row::Hold));
-        RowsView { head, orders: self.orders.clone(), tail }
+        RowsView { head, orders: self.orders.clone(), refusals: self.refusals.clone(), holds: self.holds.clone() }
     }
 
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
@@ -244,13 +246,6 @@ impl Shard {
 
     fn meta(&self) -> Row {
         Row::Meta { next_seq: self.next_seq, next_refusal: self.next_refusal, clock_ms: self.clock_ms }
-    }
-
-    fn refusal_row(&self, seq: u64) -> Option<Row> {
-        match self.idempotency.get(self.refusals.get(&seq)?)? {
-            Remembered::Refused { seq, refusal } => Some(Row::Refusal { seq: *seq, refusal: refusal.clone() }),
-            Remembered::Placed(_) => None,
-        }
     }
 
     /// Applies one command. Deterministic: the same commands in the same order give the same outcomes and state.
@@ -339,7 +334,8 @@ impl Shard {
                 }
                 return Ok(Outcome::Order { order: order.clone(), replayed: true });
             }
-            Some(Remembered::Refused { refusal, .. }) => {
+            Some(Remembered::Refused(seq)) => {
+                let refusal = &self.refusals[seq];
                 if refusal.items != items {
                     return Err(Rejection::KeyReused { order_id: None });
                 }
@@ -413,7 +409,6 @@ impl Shard {
             Err(rejection) => {
                 let seq = self.next_refusal;
                 self.next_refusal += 1;
-                self.refusals.insert(seq, record_key.clone());
                 let refusal = Refusal {
                     user_id: user_id.clone(),
                     key: key.to_owned(),
@@ -421,7 +416,8 @@ impl Shard {
                     at_ms: now,
                     rejection: rejection.clone(),
                 };
-                self.idempotency.insert(record_key, Remembered::Refused { seq, refusal });
+                self.refusals.insert(seq, refusal);
+                self.idempotency.insert(record_key, Remembered::Refused(seq));
                 Err(rejection)
             }
         }
@@ -677,7 +673,7 @@ impl Shard {
                         self.order_changed(id);
                     }
                 }
-                Some(Remembered::Refused { seq, .. }) => {
+                Some(Remembered::Refused(seq)) => {
                     self.refusals.remove(&seq);
                 }
                 None => {}

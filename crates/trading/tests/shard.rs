@@ -292,8 +292,9 @@ fn command() -> impl Strategy<Value = Command> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-    /// Stock always adds up (also asserted inside every apply), limits hold, replicas agree, and the rows a
-    /// snapshot holds restore the exact state at every step.
+    /// Stock always adds up (also asserted inside every apply), limits hold, replicas agree, the rows a
+    /// snapshot holds restore the exact state at every step, and a view taken before a step still gives the rows
+    /// from before it (the persistent maps it shares are never changed in place).
     #[test]
     fn random_commands_keep_every_invariant(
         commands in proptest::collection::vec((0..20u64, command()), 1..80),
@@ -304,8 +305,10 @@ proptest! {
         for (step, command) in commands {
             time += step;
             let stamped = Stamped { at_ms: time, command };
+            let (before, view) = (a.rows(), a.rows_view());
             let out = a.apply(&stamped);
             prop_assert_eq!(&out, &b.apply(&stamped), "replicas disagree");
+            prop_assert_eq!(view.rows().collect::<Vec<_>>(), before, "a view changed after it was taken");
             let restored = Shard::restore(0, a.rows());
             prop_assert_eq!(restored.as_ref(), Ok(&a), "restore from the snapshot rows differs");
             for p in a.products() {

@@ -275,6 +275,12 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }
+    if let Ok(h) = stats.durable_commit_seconds.lock() {
+        let name = "rampart_store_durable_commit_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} durable storage commits, from the transaction's start to its fsync's end");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        h.render(&mut out, name, "");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

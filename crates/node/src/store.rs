@@ -146,6 +146,9 @@ pub struct StoreStats {
     pub commits: std::sync::atomic::AtomicU64,
     pub durable_commits: std::sync::atomic::AtomicU64,
     pub writes: std::sync::atomic::AtomicU64,
+    /// How long each durable commit took, from its transaction's start to its fsync's end: what every append
+    /// and vote it carried waited for.
+    pub durable_commit_seconds: std::sync::Mutex<crate::telemetry::Histogram>,
 }
 
 impl Drop for Store {
@@ -584,6 +587,7 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
         stats.durable_commits.fetch_add(u64::from(durable), Relaxed);
         stats.writes.fetch_add((batch.len() + pending.len()) as u64, Relaxed);
         let (writes, dones): (Vec<Write>, Vec<Done>) = batch.into_iter().unzip();
+        let started = std::time::Instant::now();
         let result = (|| {
             let mut txn = db.begin_write().map_err(other)?;
             if !durable {
@@ -601,6 +605,10 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
         })();
         if let Err(e) = &result {
             tracing::error!("storage commit failed: {e}");
+        } else if durable {
+            if let Ok(mut h) = stats.durable_commit_seconds.lock() {
+                h.record(started.elapsed());
+            }
         }
         for done in dones {
             done(match &result {

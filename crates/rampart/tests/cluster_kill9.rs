@@ -363,6 +363,12 @@ fn bad_requests_are_refused_and_change_nothing() {
     let puts = r#"rampart_http_request_duration_seconds_count{method="PUT",route="/v1/kv/{key}"} "#;
     let count = metrics.lines().find_map(|l| l.strip_prefix(puts)).and_then(|n| n.parse::<u64>().ok());
     assert_eq!(count, Some(5), "{metrics}");
+    // Electing leaders wrote votes and entries: fsync'd commits, each timed.
+    let commits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart_store_durable_commit_duration_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(commits.is_some_and(|n| n >= 1), "{metrics}");
 }
 
 #[test]

@@ -62,7 +62,7 @@ fn place_order(c: &mut Criterion) {
     let cases = [
         ("hot_sku/0_held", 0, PLENTY),
         ("hot_sku/100000_held", 100_000, PLENTY),
-        ("sold_out/100000_refused", 100_000, 1_000),
+        ("sold_out/100000_refused", 101_000, 1_000),
     ];
     for (name, orders, stock) in cases {
         let base = shard_with_stock(orders, stock);

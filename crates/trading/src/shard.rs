@@ -113,7 +113,12 @@ impl Shard {
                     if !o.key_released {
                         let key = (o.user_id.clone(), o.idempotency_key.clone());
                         shard.remembered.insert((o.placed_ms, key.0.clone(), key.1.clone()));
-                        shard.idempotency.insert(key, Remembered::Placed(o.id.clone()));
+                        if shard.idempotency.insert(key, Remembered::Placed(o.id.clone())).is_some() {
+                            return Err(RestoreError::Inconsistent(format!(
+                                "order {}: its key is remembered twice",
+                                o.id
+                            )));
+                        }
                     }
                     shard.orders.insert(o.id.clone(), o);
                 }
@@ -121,10 +126,15 @@ impl Shard {
                     shard.holds.insert(h.order_id.clone(), h);
                 }
                 Row::Refusal { seq, refusal } => {
+                    // Each remembered refusal has a sequence number of its own, below the next one, and a key no
+                    // other record has: a retry's lookup by key then always finds its refusal.
                     let key = (refusal.user_id.clone(), refusal.key.clone());
                     shard.remembered.insert((refusal.at_ms, key.0.clone(), key.1.clone()));
-                    shard.idempotency.insert(key, Remembered::Refused(seq));
-                    shard.refusals.insert(seq, refusal);
+                    let twice = shard.idempotency.insert(key, Remembered::Refused(seq)).is_some()
+                        || shard.refusals.insert(seq, refusal).is_some();
+                    if twice || seq >= shard.next_refusal {
+                        return Err(RestoreError::Inconsistent(format!("refusal {seq}: repeated or out of sequence")));
+                    }
                 }
             }
         }

@@ -170,6 +170,28 @@ fn restore_refuses_rows_that_do_not_add_up() {
     }
     assert!(Shard::restore(0, rows).is_err());
     assert_eq!(Shard::restore(0, shard.rows()), Ok(shard.clone()));
+
+    // Two refused orders: their remembered refusals, repeated or renumbered, are refused too.
+    shard.apply(&at(2, order("v", "k1", &[("a", 9)], MIN)));
+    shard.apply(&at(3, order("w", "k2", &[("a", 9)], MIN)));
+    let rows = shard.rows();
+    let refusals: Vec<Row> = rows.iter().filter(|r| matches!(r, Row::Refusal { .. })).cloned().collect();
+    assert_eq!(refusals.len(), 2, "{rows:?}");
+    let renumbered = |change: &dyn Fn(u64) -> u64| {
+        rows.iter()
+            .cloned()
+            .map(|r| match r {
+                Row::Refusal { seq, refusal } => Row::Refusal { seq: change(seq), refusal },
+                other => other,
+            })
+            .collect::<Vec<Row>>()
+    };
+    assert!(Shard::restore(0, renumbered(&|_| 0)).is_err(), "two refusals under one number");
+    assert!(Shard::restore(0, renumbered(&|s| s + 100)).is_err(), "a refusal past the next number");
+    let mut repeated = rows.clone();
+    repeated.push(refusals[0].clone());
+    assert!(Shard::restore(0, repeated).is_err(), "one refusal twice");
+    assert_eq!(Shard::restore(0, rows), Ok(shard.clone()));
 }
 
 #[test]

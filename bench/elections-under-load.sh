@@ -10,10 +10,9 @@ secs=${1:-15}
 rampart_bench_setup
 start_rampart
 sleep 2
-terms() { curl -s 127.0.0.1:7101/metrics | awk '/^rampart_raft_term\{/ {s += $2} END {print s}'; }
-before=$(terms)
+before=$(metric_sum 1 rampart_raft_term)
 addr=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 "$bin" bench --addr "$addr" --workload kv --clients 64 --duration-s "$secs" 2>/dev/null
 "$bin" bench --addr "$addr" --workload flash-sale --clients 64 --duration-s "$secs" 2>/dev/null
-after=$(terms)
+after=$(metric_sum 1 rampart_raft_term)
 echo "partition terms summed on n1: $before before the load, $after after: $((after - before)) elections under load"

@@ -13,12 +13,11 @@ quiesce_after=${QUIESCE_AFTER_MS:-300}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 rampart_bench_setup
-quiesced() { curl -s "127.0.0.1:710$1/metrics" | awk '/^rampart_raft_quiesced/ {s += $2} END {print s + 0}'; }
 all_quiesced() {
   if [ "$quiesce_after" = 0 ]; then sleep 3; return 0; fi
   for _ in $(seq 300); do
     local ok=1
-    for i in 1 2 3; do [ "$(quiesced $i)" = 64 ] || ok=0; done
+    for i in 1 2 3; do [ "$(metric_sum "$i" rampart_raft_quiesced)" = 64 ] || ok=0; done
     [ $ok = 1 ] && return 0
     sleep 0.1
   done
@@ -30,7 +29,7 @@ windows=()
 for t in $(seq "$trials"); do
   all_quiesced
   victim=$(( (t - 1) % 3 + 1 )); via=$(( victim % 3 + 1 ))
-  led=$(curl -s "127.0.0.1:710$victim/metrics" | awk '/^rampart_raft_is_leader/ {s += $2} END {print s + 0}')
+  led=$(metric_sum "$victim" rampart_raft_is_leader)
   kill -9 "${pids[$((victim - 1))]}"
   ms=$(python3 - "$via" "$t" <<'PY'
 import sys, threading, time, urllib.request

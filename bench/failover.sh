@@ -1,25 +1,16 @@
 #!/usr/bin/env bash
 # Unavailability after `kill -9` of a partition leader under load, on a 3-node loopback cluster.
-# usage: bench/failover.sh [TRIALS] [PARTITIONS]
+# usage: bench/failover.sh [TRIALS] [PARTITIONS]     RAMPART_BIN=path measures another build.
 # Each trial: one client writes one key as fast as it is acknowledged (through a node that does not lead the key's
 # partition), the leader of that partition is killed with SIGKILL 1.5 s in, and the longest time between two
 # acknowledged writes is the unavailability window. The killed node is restarted on its data before the next trial.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trials=${1:-10}; parts=${2:-64}
-cargo build --release --quiet
-bin=$PWD/target/release/rampart
-dir=$(mktemp -d)
-ic="n1=127.0.0.1:7201,n2=127.0.0.1:7202,n3=127.0.0.1:7203"
-declare -A pid
-start_node() { "$bin" serve --id "n$1" --http "127.0.0.1:710$1" --peer "127.0.0.1:720$1" --data-dir "$dir/n$1" \
-  --initial-cluster "$ic" --partitions "$parts" >>"$dir/n$1.log" 2>&1 & pid[$1]=$!; }
-ready() { for _ in $(seq 200); do ok=1; for i in 1 2 3; do curl -sf "127.0.0.1:710$i/readyz" >/dev/null || ok=0; done
-  [ $ok = 1 ] && return 0; sleep 0.1; done; echo "cluster not ready; logs in $dir" >&2; return 1; }
-cleanup() { for i in 1 2 3; do kill "${pid[$i]}" 2>/dev/null || true; done; sleep 0.5; rm -rf "$dir"; }
-trap cleanup EXIT
-for i in 1 2 3; do start_node $i; done
-ready
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+rampart_bench_setup
+start_rampart --partitions "$parts"
 gaps=()
 for t in $(seq "$trials"); do
   key="failover-$t-0"
@@ -30,12 +21,12 @@ for t in $(seq "$trials"); do
   "$bin" bench --addr "127.0.0.1:710$via" --route any --clients 1 --keys 1 --prefix "failover-$t" --duration-s 4 --json >"$dir/t$t.json" 2>/dev/null &
   bench=$!
   sleep 1.5
-  kill -9 "${pid[$leader]}"
+  kill -9 "${pids[$((leader - 1))]}"
   wait $bench
   gap=$(python3 -c "import json; d=json.load(open('$dir/t$t.json')); print(round(d['longest_gap_ms'])) " )
   echo "trial $t: partition $part, killed leader n$leader, longest gap between acknowledged writes ${gap} ms"
   gaps+=("$gap")
-  start_node "$leader"
-  ready
+  start_node "$leader" --partitions "$parts"
+  wait_ready
 done
 printf '%s\n' "${gaps[@]}" | sort -n | python3 -c 'import sys; v=[int(x) for x in sys.stdin]; print(f"unavailability window over {len(v)} kills: median {v[len(v)//2]} ms, worst {v[-1]} ms")'

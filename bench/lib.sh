@@ -36,6 +36,11 @@ start_node() {
 
 start_rampart() {
   for i in 1 2 3; do start_node "$i" "$@"; done
+  wait_ready
+}
+
+# Waits until all three nodes are ready (each has a leader for every partition it holds).
+wait_ready() {
   for _ in $(seq 200); do
     local ok=1
     for i in 1 2 3; do curl -sf "127.0.0.1:710$i/readyz" >/dev/null || ok=0; done
@@ -44,4 +49,9 @@ start_rampart() {
   done
   echo "the Rampart cluster did not become ready; logs in $dir" >&2
   return 1
+}
+
+# The sum over node N's partitions of a per-partition metric (`NAME{partition="..."} value` lines of /metrics).
+metric_sum() {
+  curl -s "127.0.0.1:710$1/metrics" | awk -v name="$2{" 'index($0, name) == 1 {s += $2} END {print s + 0}'
 }

@@ -10,20 +10,19 @@ trials=${1:-3}; workload=${2:-kv}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 rampart_bench_setup
-terms() { curl -s "127.0.0.1:710$1/metrics" | awk '/^rampart_raft_term/ {s += $2} END {print s + 0}'; }
 for t in $(seq "$trials"); do
   start_rampart
   sleep 3
   kill -9 "${pids[2]}"
   sleep 3
-  before=$(terms 1)
+  before=$(metric_sum 1 rampart_raft_term)
   "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102 --workload "$workload" --clients 64 --duration-s 6 \
     2>/dev/null >"$dir/bench.txt" &
   load=$!
   sleep 2
   start_node 3
   while kill -0 "$load" 2>/dev/null; do sleep 0.2; done
-  echo "trial $t: $(grep -v '^$' "$dir/bench.txt")  elections while n3 rejoined: $(( $(terms 1) - before ))"
+  echo "trial $t: $(grep -v '^$' "$dir/bench.txt")  elections while n3 rejoined: $(( $(metric_sum 1 rampart_raft_term) - before ))"
   stop_rampart
   pids=()
   rm -rf "${dir:?}"/n*

@@ -387,17 +387,19 @@ impl Node {
                 (m.state == ServerState::Leader, voters, learners)
             };
             let target: BTreeSet<RaftId> = cluster.replicas(group).into_iter().collect();
-            if leads && (voters != target || learners.iter().any(|l| !target.contains(l))) {
+            let moves = leads && voters != target && !target.is_empty();
+            // Learners left behind by a move that did not finish (it timed out, or its node was removed).
+            let stray: BTreeSet<RaftId> =
+                if leads { learners.difference(&target).copied().collect() } else { BTreeSet::new() };
+            if moves || !stray.is_empty() {
                 // A change of replicas is work: the group wakes (and stays awake while it is under way), and a
                 // leader that was quiesced confirms its lease, without which openraft refuses the change.
                 quiet.serve();
                 crate::node::confirm_lease(&raft).await;
             }
-            if leads && voters != target && !target.is_empty() {
+            if moves {
                 self.move_replicas(group, &raft, &voters, &target).await;
-            } else if leads && learners.iter().any(|l| !target.contains(l)) {
-                // A learner left behind by a move that did not finish (it timed out, or its node was removed).
-                let stray: BTreeSet<RaftId> = learners.difference(&target).copied().collect();
+            } else if !stray.is_empty() {
                 if let Err(e) = raft.change_membership(openraft::ChangeMembers::RemoveNodes(stray.clone()), false).await
                 {
                     tracing::info!("partition {group}: removing learners {stray:?}: {e}");

@@ -164,6 +164,14 @@ pub enum HoldState {
     Refused(Rejection),
 }
 
+impl HoldState {
+    /// Whether the leg holds units (reserved or sold). One that does not is over, and is forgotten after the
+    /// retention.
+    pub fn holds_stock(&self) -> bool {
+        matches!(self, HoldState::Reserved | HoldState::Sold)
+    }
+}
+
 /// What a client asked for. Business time comes with it in [`Stamped`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -196,8 +204,9 @@ pub enum Command {
     Pay { order_id: OrderId },
     /// Releases the reserved stock. Cancelling a cancelled order is a no-op.
     Cancel { order_id: OrderId },
-    /// Expires every unpaid order whose deadline is at or before `at_ms`, and forgets idempotency records of
-    /// orders placed before `forget_before_ms`.
+    /// Expires every unpaid order whose deadline is at or before `at_ms`, forgets idempotency records of
+    /// orders placed before `forget_before_ms`, and forgets saga legs here that were released or refused before
+    /// it.
     Expire { forget_before_ms: u64 },
 }
 
@@ -262,6 +271,7 @@ pub enum Outcome {
     },
     Expired {
         orders: u32,
+        /// Idempotency records and closed saga legs forgotten.
         forgotten: u32,
     },
     /// A saga leg's state here, after the command.
@@ -290,6 +300,18 @@ pub enum Row {
         refusal: Refusal,
     },
     Hold(Hold),
+    /// A saga leg that holds nothing any more (released, a tombstone, or refused), with the business time it
+    /// closed: forgotten once that is older than the idempotency retention. (A sold leg is kept, as a paid order
+    /// is: its units still count against the buyer's limit.)
+    ClosedHold {
+        hold: Hold,
+        closed_ms: u64,
+    },
+    /// Closed saga legs were forgotten up to this business time: a reservation stamped before it is refused, as
+    /// a tombstone would have refused it.
+    HoldsForgotten {
+        before_ms: u64,
+    },
 }
 
 /// A refused order request, remembered so that a retry gets the same refusal.

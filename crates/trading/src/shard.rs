@@ -25,6 +25,7 @@ pub struct RowsView {
     orders: imbl::OrdMap<OrderId, Order>,
     refusals: imbl::OrdMap<u64, Refusal>,
     holds: imbl::OrdMap<OrderId, Hold>,
+    closed_holds: imbl::OrdMap<OrderId, u64>,
 }
 
 impl RowsView {
@@ -36,7 +37,10 @@ impl RowsView {
     pub fn rows(&self) -> impl Iterator<Item = Row> + '_ {
         let orders = self.orders.values().cloned().map(Row::Order);
         let refusals = self.refusals.iter().map(|(seq, refusal)| Row::Refusal { seq: *seq, refusal: refusal.clone() });
-        let holds = self.holds.values().cloned().map(Row::Hold);
+        let holds = self.holds.values().map(|hold| match self.closed_holds.get(&hold.order_id) {
+            Some(closed_ms) => Row::ClosedHold { hold: hold.clone(), closed_ms: *closed_ms },
+            None => Row::Hold(hold.clone()),
+        });
         self.head.iter().cloned().chain(orders).chain(refusals).chain(holds)
     }
 }
@@ -76,6 +80,11 @@ pub struct Shard {
     refusals: imbl::OrdMap<u64, Refusal>,
     /// Other partitions' order lines held here (saga legs), by order id.
     holds: imbl::OrdMap<OrderId, Hold>,
+    /// When each hold that holds nothing any more (released, a tombstone, refused) closed, by order id.
+    closed_holds: imbl::OrdMap<OrderId, u64>,
+    /// Closed holds that closed before this business time were forgotten; a reservation stamped before it is
+    /// refused (its tombstone may be gone).
+    holds_forgotten_before_ms: u64,
     /// Derived: what each remembered `(user, key)` names.
     idempotency: BTreeMap<(UserId, String), Remembered>,
     /// Derived: units each user holds of each product in confirmed or paid orders.
@@ -86,6 +95,8 @@ pub struct Shard {
     driving: BTreeSet<OrderId>,
     /// Derived: idempotency records by the time they were made.
     remembered: BTreeSet<(u64, UserId, String)>,
+    /// Derived: closed holds by the time they closed.
+    closing: BTreeSet<(u64, OrderId)>,
 }
 
 impl Shard {
@@ -123,8 +134,20 @@ impl Shard {
                     shard.orders.insert(o.id.clone(), o);
                 }
                 Row::Hold(h) => {
-                    shard.holds.insert(h.order_id.clone(), h);
+                    // Written closed only by a build that did not record when a hold closed; dated below.
+                    shard.insert_restored_hold(h)?;
                 }
+                Row::ClosedHold { hold, closed_ms } => {
+                    if hold.state.holds_stock() {
+                        return Err(RestoreError::Inconsistent(format!(
+                            "hold {}: dated closed but still holds stock",
+                            hold.order_id
+                        )));
+                    }
+                    shard.closed_holds.insert(hold.order_id.clone(), closed_ms);
+                    shard.insert_restored_hold(hold)?;
+                }
+                Row::HoldsForgotten { before_ms } => shard.holds_forgotten_before_ms = before_ms,
                 Row::Refusal { seq, refusal } => {
                     // Each remembered refusal has a sequence number of its own, below the next one, and a key no
                     // other record has: a retry's lookup by key then always finds its refusal.
@@ -138,6 +161,15 @@ impl Shard {
                 }
             }
         }
+        // A closed hold of the former format has no date: it counts as closed at the snapshot's business time, so
+        // it is forgotten a retention after that (a replica that applied the log dates it earlier, and forgets it
+        // earlier; the two differ only in answering a saga command for that order a retention after it ended).
+        for h in shard.holds.values() {
+            if !h.state.holds_stock() && !shard.closed_holds.contains_key(&h.order_id) {
+                shard.closed_holds.insert(h.order_id.clone(), shard.clock_ms);
+            }
+        }
+        shard.closing = shard.closed_holds.iter().map(|(id, at)| (*at, id.clone())).collect();
         let mut reserved: BTreeMap<Sku, u64> = BTreeMap::new();
         let mut sold: BTreeMap<Sku, u64> = BTreeMap::new();
         for o in shard.orders.values() {
@@ -185,6 +217,15 @@ impl Shard {
         Ok(shard)
     }
 
+    /// A restored hold, refusing a second one for the same order.
+    fn insert_restored_hold(&mut self, hold: Hold) -> Result<(), RestoreError> {
+        let id = hold.order_id.clone();
+        if self.holds.insert(id.clone(), hold).is_some() {
+            return Err(RestoreError::Inconsistent(format!("hold {id}: stored twice")));
+        }
+        Ok(())
+    }
+
     pub fn partition(&self) -> u32 {
         self.partition
     }
@@ -215,6 +256,7 @@ impl Shard {
     pub fn has_expiry_work(&self, now_ms: u64, forget_before_ms: u64) -> bool {
         self.deadlines.first().is_some_and(|(d, _)| *d <= now_ms)
             || self.remembered.first().is_some_and(|(at, _, _)| *at < forget_before_ms)
+            || self.closing.first().is_some_and(|(at, _)| *at < forget_before_ms)
     }
 
     /// Every row of the shard, for a snapshot.
@@ -227,8 +269,17 @@ impl Shard {
     /// view costs the products.
     pub fn rows_view(&self) -> RowsView {
         let mut head = vec![self.meta()];
+        if self.holds_forgotten_before_ms > 0 {
+            head.push(Row::HoldsForgotten { before_ms: self.holds_forgotten_before_ms });
+        }
         head.extend(self.products.values().cloned().map(Row::Product));
-        RowsView { head, orders: self.orders.clone(), refusals: self.refusals.clone(), holds: self.holds.clone() }
+        RowsView {
+            head,
+            orders: self.orders.clone(),
+            refusals: self.refusals.clone(),
+            holds: self.holds.clone(),
+            closed_holds: self.closed_holds.clone(),
+        }
     }
 
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
@@ -272,8 +323,8 @@ impl Shard {
             Command::PlaceOrder { user_id, idempotency_key, items, pay_deadline_ms, remote } => {
                 self.place_order(now, user_id, idempotency_key, items, *pay_deadline_ms, remote)
             }
-            Command::Reserve { order_id, user_id, items } => self.reserve(order_id, user_id, items),
-            Command::Release { order_id } => self.release(order_id),
+            Command::Reserve { order_id, user_id, items } => self.reserve(now, stamped.at_ms, order_id, user_id, items),
+            Command::Release { order_id } => self.release(now, order_id),
             Command::Settle { order_id } => self.settle(order_id),
             Command::ResolveSaga { order_id, result } => self.resolve(now, order_id, result),
             Command::LegsSynced { order_id, status } => self.legs_synced(order_id, *status),
@@ -540,10 +591,23 @@ impl Shard {
         Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
     }
 
-    /// Reserves a saga leg here, all or nothing.
-    fn reserve(&mut self, id: &OrderId, user_id: &UserId, items: &[Item]) -> Result<Outcome, Rejection> {
+    /// Reserves a saga leg here, all or nothing. A reservation stamped (`stamped_ms`) before the closed holds
+    /// forgotten finds the tombstone it may have had: it reserves nothing and records nothing.
+    fn reserve(
+        &mut self,
+        now: u64,
+        stamped_ms: u64,
+        id: &OrderId,
+        user_id: &UserId,
+        items: &[Item],
+    ) -> Result<Outcome, Rejection> {
         if let Some(h) = self.holds.get(id) {
             return Ok(Outcome::Hold(h.clone()));
+        }
+        if stamped_ms < self.holds_forgotten_before_ms {
+            let gone =
+                Hold { order_id: id.clone(), user_id: user_id.clone(), items: Vec::new(), state: HoldState::Released };
+            return Ok(Outcome::Hold(gone));
         }
         validate_items(items)?;
         let checked: Result<Vec<LineItem>, Rejection> = items.iter().map(|i| self.check_line(user_id, i)).collect();
@@ -556,11 +620,21 @@ impl Shard {
         };
         let hold = Hold { order_id: id.clone(), user_id: user_id.clone(), items: lines, state };
         self.holds.insert(id.clone(), hold.clone());
+        if !hold.state.holds_stock() {
+            self.hold_closed(id, now);
+        }
         Ok(Outcome::Hold(hold))
     }
 
+    /// Dates a hold that no longer holds anything, so that it is forgotten after the retention.
+    fn hold_closed(&mut self, id: &OrderId, now: u64) {
+        if self.closed_holds.insert(id.clone(), now).is_none() {
+            self.closing.insert((now, id.clone()));
+        }
+    }
+
     /// Releases a saga leg here; a release before any reservation leaves a tombstone that refuses it later.
-    fn release(&mut self, id: &OrderId) -> Result<Outcome, Rejection> {
+    fn release(&mut self, now: u64, id: &OrderId) -> Result<Outcome, Rejection> {
         let Some(hold) = self.holds.get_mut(id) else {
             let tombstone = Hold {
                 order_id: id.clone(),
@@ -569,6 +643,7 @@ impl Shard {
                 state: HoldState::Released,
             };
             self.holds.insert(id.clone(), tombstone.clone());
+            self.hold_closed(id, now);
             return Ok(Outcome::Hold(tombstone));
         };
         match hold.state {
@@ -576,6 +651,7 @@ impl Shard {
                 hold.state = HoldState::Released;
                 let (user, lines, answer) = (hold.user_id.clone(), hold.items.clone(), hold.clone());
                 self.release_lines(&user, &lines);
+                self.hold_closed(id, now);
                 Ok(Outcome::Hold(answer))
             }
             HoldState::Sold => Err(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Paid }),
@@ -690,6 +766,16 @@ impl Shard {
             }
             forgotten += 1;
         }
+        while let Some((at, id)) = self.closing.first().cloned() {
+            if at >= forget_before_ms {
+                break;
+            }
+            self.closing.pop_first();
+            self.closed_holds.remove(&id);
+            self.holds.remove(&id);
+            forgotten += 1;
+        }
+        self.holds_forgotten_before_ms = self.holds_forgotten_before_ms.max(forget_before_ms);
         Ok(Outcome::Expired { orders, forgotten })
     }
 }

@@ -266,6 +266,113 @@ fn a_saga_reserves_here_and_there_and_handles_the_tcc_anomalies() {
     assert!(matches!(other.apply(&at(13, Command::Release { order_id: order.id })), Outcome::Rejected { .. }));
 }
 
+/// Saga legs that hold nothing (released, tombstones, refused) are forgotten a retention after they closed, so a
+/// partition does not keep every finished saga's legs for ever; sold legs stay, as paid orders do.
+#[test]
+fn closed_saga_legs_are_forgotten_after_retention_and_stay_refused() {
+    let mut other = Shard::new(1);
+    other.apply(&at(0, create("b", 2, Some(1))));
+    let id = |i| OrderId::new(0, i);
+    let reserve = |i, u: &str| Command::Reserve {
+        order_id: id(i),
+        user_id: user(u),
+        items: vec![Item { sku: sku("b"), qty: 1 }],
+    };
+    // Order 1's leg is sold; order 2's reserved then released; order 3's released before it was reserved (a
+    // tombstone); order 4's refused (u already holds its one unit).
+    assert_eq!(hold_state(other.apply(&at(10, reserve(1, "u")))), HoldState::Reserved);
+    assert_eq!(hold_state(other.apply(&at(11, Command::Settle { order_id: id(1) }))), HoldState::Sold);
+    assert_eq!(hold_state(other.apply(&at(20, reserve(2, "v")))), HoldState::Reserved);
+    assert_eq!(hold_state(other.apply(&at(21, Command::Release { order_id: id(2) }))), HoldState::Released);
+    assert_eq!(hold_state(other.apply(&at(30, Command::Release { order_id: id(3) }))), HoldState::Released);
+    let refused = hold_state(other.apply(&at(40, reserve(4, "u"))));
+    assert!(matches!(refused, HoldState::Refused(Rejection::LimitExceeded { .. })), "{refused:?}");
+    assert_eq!(stock(&other, "b"), (1, 0, 1));
+
+    // Nothing closed before 21: no work, and an expiry forgets nothing.
+    assert!(!other.has_expiry_work(50, 21));
+    assert_eq!(
+        other.apply(&at(50, Command::Expire { forget_before_ms: 21 })),
+        Outcome::Expired { orders: 0, forgotten: 0 }
+    );
+    assert!(other.has_expiry_work(50, 22));
+    // Closed before 31: order 2's released leg and order 3's tombstone go; the refused one (40) and the sold one
+    // stay.
+    assert_eq!(
+        other.apply(&at(51, Command::Expire { forget_before_ms: 31 })),
+        Outcome::Expired { orders: 0, forgotten: 2 }
+    );
+    let held: Vec<(String, HoldState)> = other.holds().map(|h| (h.order_id.0.clone(), h.state.clone())).collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(other.hold(&id(1)).is_some_and(|h| h.state == HoldState::Sold));
+    assert!(other.hold(&id(4)).is_some());
+    assert_eq!(stock(&other, "b"), (1, 0, 1), "forgetting changes no stock");
+    assert_eq!(Shard::restore(1, other.rows()), Ok(other.clone()), "the forgetting survives a snapshot");
+
+    // A late reservation of order 3 stamped before the cut-off reserves nothing and records nothing, as its
+    // tombstone would have; one stamped after it is a reservation like any other.
+    other.apply(&at(52, Command::Restock { sku: sku("b"), qty: 1 }));
+    let before = other.clone();
+    let late = other.apply(&at(30, reserve(3, "w")));
+    assert_eq!(hold_state(late), HoldState::Released);
+    assert_eq!(other, before, "a reservation from before the cut-off changed the state");
+    assert_eq!(hold_state(other.apply(&at(53, reserve(5, "w")))), HoldState::Reserved);
+    // The sold leg is never forgotten: u's one unit still counts against the limit.
+    other.apply(&at(1_000, Command::Expire { forget_before_ms: 1_000 }));
+    assert!(other.hold(&id(1)).is_some_and(|h| h.state == HoldState::Sold));
+    assert!(other.hold(&id(4)).is_none(), "the refusal was forgotten");
+    let again = hold_state(other.apply(&at(1_001, reserve(6, "u"))));
+    assert!(matches!(again, HoldState::Refused(Rejection::LimitExceeded { .. })), "{again:?}");
+}
+
+/// Snapshots of the former format carry closed legs without the time they closed: they count as closed at the
+/// snapshot's business time. Rows that contradict each other are refused.
+#[test]
+fn closed_legs_without_a_date_count_from_the_snapshot_and_bad_leg_rows_are_refused() {
+    let mut other = Shard::new(1);
+    other.apply(&at(0, create("b", 2, None)));
+    other.apply(&at(5, Command::Release { order_id: OrderId::new(0, 1) }));
+    other.apply(&at(
+        6,
+        Command::Reserve {
+            order_id: OrderId::new(0, 2),
+            user_id: user("u"),
+            items: vec![Item { sku: sku("b"), qty: 1 }],
+        },
+    ));
+    other.apply(&at(100, Command::Restock { sku: sku("b"), qty: 1 }));
+    let rows = other.rows();
+    assert!(rows.iter().any(|r| matches!(r, Row::ClosedHold { closed_ms: 5, .. })), "{rows:?}");
+    let former: Vec<Row> = rows
+        .iter()
+        .cloned()
+        .map(|r| match r {
+            Row::ClosedHold { hold, .. } => Row::Hold(hold),
+            other => other,
+        })
+        .collect();
+    let mut restored = Shard::restore(1, former).expect("the former format restores");
+    assert!(restored.rows().iter().any(|r| matches!(r, Row::ClosedHold { closed_ms: 100, .. })));
+    assert!(!restored.has_expiry_work(200, 100));
+    restored.apply(&at(200, Command::Expire { forget_before_ms: 101 }));
+    assert!(restored.hold(&OrderId::new(0, 1)).is_none());
+    assert!(restored.hold(&OrderId::new(0, 2)).is_some(), "the reserved leg stays");
+
+    let open_dated: Vec<Row> = rows
+        .iter()
+        .cloned()
+        .map(|r| match r {
+            Row::Hold(hold) => Row::ClosedHold { hold, closed_ms: 6 },
+            other => other,
+        })
+        .collect();
+    assert!(Shard::restore(1, open_dated).is_err(), "a reserved leg dated closed");
+    let mut twice = rows.clone();
+    twice.extend(rows.iter().filter(|r| matches!(r, Row::ClosedHold { .. })).cloned());
+    assert!(Shard::restore(1, twice).is_err(), "one leg stored twice");
+    assert_eq!(Shard::restore(1, rows), Ok(other));
+}
+
 /// A small world: few SKUs, users and keys, so that orders collide, run out and retry.
 fn command() -> impl Strategy<Value = Command> {
     let s = || (0..3u8).prop_map(|i| sku(&format!("s{i}")));

@@ -111,10 +111,51 @@ impl RawConfig {
 /// How a node finds its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
-    /// The founding members, by id and peer address (this node among them).
-    Initial(BTreeMap<String, SocketAddr>),
+    /// The founding members, by id (this node among them).
+    Initial(BTreeMap<String, Founder>),
     /// Join a running cluster through this member's peer address.
     Join(SocketAddr),
+}
+
+/// A founding member as `--initial-cluster` lists it: `id=host:port`, or `id=host:port@zone`, or
+/// `id=host:port@zone:weight`. Every founder must place every founder alike, so a founder's zone and weight come
+/// from this list, the same on every founder, not from each node's own flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Founder {
+    pub peer: SocketAddr,
+    /// `default` when the list names none.
+    pub zone: String,
+    pub weight: u32,
+}
+
+const DEFAULT_ZONE: &str = "default";
+const DEFAULT_WEIGHT: u32 = 100;
+
+/// One `--initial-cluster` member after its `=`: `host:port[@zone[:weight]]`.
+fn founder(item: &str, value: &str) -> Result<Founder, ConfigError> {
+    let (peer, place) = match value.split_once('@') {
+        Some((peer, place)) => (peer, Some(place)),
+        None => (value, None),
+    };
+    let (zone, weight) = match place.map(|p| p.split_once(':').map_or((p, None), |(z, w)| (z, Some(w)))) {
+        None => (DEFAULT_ZONE.to_owned(), DEFAULT_WEIGHT),
+        Some((zone, weight)) => {
+            if !valid_id(zone) {
+                return Err(invalid(
+                    "initial_cluster",
+                    format!("{item:?}: bad zone {zone:?} (use 1 to 64 ASCII letters, digits, '-', '_' or '.')"),
+                ));
+            }
+            let weight = match weight {
+                None => DEFAULT_WEIGHT,
+                Some(w) => w.parse().ok().filter(|w| (1..=100_000).contains(w)).ok_or_else(|| {
+                    invalid("initial_cluster", format!("{item:?}: bad weight {w:?} (use 1 to 100000)"))
+                })?,
+            };
+            (zone.to_owned(), weight)
+        }
+    };
+    Ok(Founder { peer: addr("initial_cluster", peer)?, zone, weight })
 }
 
 /// Validated settings of one node.
@@ -197,34 +238,65 @@ impl NodeConfig {
             (Some(list), None) => {
                 let mut members = BTreeMap::new();
                 for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    let (name, a) = item
-                        .split_once('=')
-                        .ok_or_else(|| invalid("initial_cluster", format!("{item:?} is not id=host:port")))?;
+                    let (name, a) = item.split_once('=').ok_or_else(|| {
+                        invalid("initial_cluster", format!("{item:?} is not id=host:port[@zone[:weight]]"))
+                    })?;
                     if !valid_id(name) {
                         return Err(invalid("initial_cluster", format!("bad member id {name:?}")));
                     }
-                    if members.insert(name.to_owned(), addr("initial_cluster", a)?).is_some() {
+                    if members.insert(name.to_owned(), founder(item, a)?).is_some() {
                         return Err(invalid("initial_cluster", format!("{name} is listed twice")));
                     }
                 }
                 match members.get(&id) {
                     None => return Err(invalid("initial_cluster", format!("does not list this node ({id})"))),
-                    Some(a) if *a != peer => {
-                        return Err(invalid("initial_cluster", format!("lists {id} at {a}, but --peer is {peer}")))
+                    Some(f) if f.peer != peer => {
+                        return Err(invalid(
+                            "initial_cluster",
+                            format!("lists {id} at {}, but --peer is {peer}", f.peer),
+                        ))
                     }
                     Some(_) => {}
                 }
                 Bootstrap::Initial(members)
             }
         };
-        let zone = raw.zone.unwrap_or_else(|| "default".into());
-        if !valid_id(&zone) {
+        if raw.zone.as_deref().is_some_and(|z| !valid_id(z)) {
             return Err(invalid("zone", "use 1 to 64 ASCII letters, digits, '-', '_' or '.'"));
         }
-        let weight = raw.weight.unwrap_or(100);
-        if !(1..=100_000).contains(&weight) {
+        if raw.weight.is_some_and(|w| !(1..=100_000).contains(&w)) {
             return Err(invalid("weight", "use 1 to 100000"));
         }
+        // A founder is placed where the founding list says; its own settings may only repeat that.
+        let (zone, weight) = match &bootstrap {
+            Bootstrap::Initial(members) => {
+                let listed = &members[&id];
+                if let Some(zone) = raw.zone.filter(|z| *z != listed.zone) {
+                    return Err(invalid(
+                        "zone",
+                        format!(
+                            "{zone:?}, but --initial-cluster places {id} in {:?}: a founder's zone is given in the \
+                             list ({id}=host:port@zone), the same on every founder",
+                            listed.zone
+                        ),
+                    ));
+                }
+                if let Some(weight) = raw.weight.filter(|w| *w != listed.weight) {
+                    return Err(invalid(
+                        "weight",
+                        format!(
+                            "{weight}, but --initial-cluster gives {id} weight {}: a founder's weight is given in the \
+                             list ({id}=host:port@zone:weight)",
+                            listed.weight
+                        ),
+                    ));
+                }
+                (listed.zone.clone(), listed.weight)
+            }
+            Bootstrap::Join(_) => {
+                (raw.zone.unwrap_or_else(|| DEFAULT_ZONE.into()), raw.weight.unwrap_or(DEFAULT_WEIGHT))
+            }
+        };
         let partitions = raw.partitions.unwrap_or(64);
         if !(1..=4096).contains(&partitions) {
             return Err(invalid("partitions", "use 1 to 4096"));
@@ -317,6 +389,40 @@ mod tests {
         assert_eq!(c.partitions, 64);
         assert_eq!(c.replicas, 3);
         assert!(matches!(&c.bootstrap, Bootstrap::Initial(m) if m.len() == 3));
+    }
+
+    /// Founders are placed by the list: zone and weight per member, the same on every founder; a node's own
+    /// settings may repeat its entry, not contradict it.
+    #[test]
+    fn founders_take_their_zone_and_weight_from_the_founding_list() {
+        let zoned = "n1=127.0.0.1:7201@eu-1a:200,n2=127.0.0.1:7202@eu-1b,n3=127.0.0.1:7203";
+        let c = NodeConfig::from_raw(RawConfig { initial_cluster: Some(zoned.into()), ..raw() }).unwrap();
+        assert_eq!((c.zone.as_str(), c.weight), ("eu-1a", 200));
+        let Bootstrap::Initial(members) = &c.bootstrap else { panic!("founding") };
+        let placed: Vec<(&str, &str, u32)> =
+            members.iter().map(|(id, f)| (id.as_str(), f.zone.as_str(), f.weight)).collect();
+        assert_eq!(placed, vec![("n1", "eu-1a", 200), ("n2", "eu-1b", 100), ("n3", "default", 100)]);
+        assert_eq!(members["n2"].peer.to_string(), "127.0.0.1:7202");
+        let same =
+            RawConfig { initial_cluster: Some(zoned.into()), zone: Some("eu-1a".into()), weight: Some(200), ..raw() };
+        assert_eq!(NodeConfig::from_raw(same).unwrap().zone, "eu-1a", "repeating the entry is fine");
+        // A joiner brings its own.
+        let joiner =
+            RawConfig { initial_cluster: None, join: Some("127.0.0.1:7202".into()), zone: Some("z9".into()), ..raw() };
+        assert_eq!(NodeConfig::from_raw(joiner).unwrap().zone, "z9");
+        let cases = [
+            (RawConfig { initial_cluster: Some(zoned.into()), zone: Some("eu-1b".into()), ..raw() }, "zone"),
+            (RawConfig { initial_cluster: Some(zoned.into()), weight: Some(100), ..raw() }, "weight"),
+            (RawConfig { zone: Some("z1".into()), ..raw() }, "zone"),
+            (RawConfig { initial_cluster: Some("n1=127.0.0.1:7201@".into()), ..raw() }, "initial_cluster"),
+            (RawConfig { initial_cluster: Some("n1=127.0.0.1:7201@a:0".into()), ..raw() }, "initial_cluster"),
+            (RawConfig { initial_cluster: Some("n1=127.0.0.1:7201@a:x".into()), ..raw() }, "initial_cluster"),
+            (RawConfig { initial_cluster: Some("n1=127.0.0.1:7201@a b".into()), ..raw() }, "initial_cluster"),
+        ];
+        for (r, field) in cases {
+            let err = NodeConfig::from_raw(r).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} does not name {field}");
+        }
     }
 
     #[test]

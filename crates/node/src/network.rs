@@ -291,7 +291,12 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
-        let response = client.request(request).await.map_err(|e| CallError::Transport(addr.clone(), e.to_string()))?;
+        // A connection that could not be made (refused, or not made within the connect timeout) carried nothing:
+        // the caller may try another node. Anything later may have delivered the request.
+        let response = client.request(request).await.map_err(|e| match e.is_connect() {
+            true => CallError::Connect(addr.clone(), e.to_string()),
+            false => CallError::Transport(addr.clone(), e.to_string()),
+        })?;
         let status = response.status();
         if status != StatusCode::OK {
             return Err(CallError::Status(addr.clone(), status));

@@ -167,20 +167,20 @@ impl Node {
         let (cluster_config, seeds) = match &config.bootstrap {
             Bootstrap::Initial(members) => {
                 // Every founder must derive the same first configuration from the same list, so founders are placed
-                // with the default zone and weight whatever their own flags say (a node that joins later brings
-                // its own): founders computing different placements would each initialize groups of their own.
+                // with the zone and weight the list gives them (a node that joins later brings its own): founders
+                // computing different placements would each initialize groups of their own.
                 let founders: Vec<Member> = members
-                    .keys()
-                    .map(|id| Member { id: id.clone(), zone: "default".into(), weight: rampart_ring::DEFAULT_WEIGHT })
+                    .iter()
+                    .map(|(id, f)| Member { id: id.clone(), zone: f.zone.clone(), weight: f.weight })
                     .collect();
                 let addrs: BTreeMap<String, PeerNode> = members
                     .iter()
-                    .map(|(id, peer)| {
+                    .map(|(id, f)| {
                         let http = if *id == config.id { config.http.to_string() } else { String::new() };
-                        (id.clone(), PeerNode { id: id.clone(), peer: peer.to_string(), http })
+                        (id.clone(), PeerNode { id: id.clone(), peer: f.peer.to_string(), http })
                     })
                     .collect();
-                let seeds = members.iter().filter(|(id, _)| **id != config.id).map(|(_, a)| *a).collect();
+                let seeds = members.iter().filter(|(id, _)| **id != config.id).map(|(_, f)| f.peer).collect();
                 (ClusterConfig::founding(founders, addrs, config.partitions, config.replicas), seeds)
             }
             Bootstrap::Join(addr) => {
@@ -205,6 +205,9 @@ impl Node {
                 (joined, vec![*addr])
             }
         };
+        if matches!(config.bootstrap, Bootstrap::Initial(_)) {
+            check_founders(&store, &cluster_config).await?;
+        }
         let cluster = Cluster::new(cluster_config)?;
         let mut nodes: BTreeMap<RaftId, PeerNode> =
             cluster.config.addrs.iter().map(|(id, n)| (raft_id(id), n.clone())).collect();
@@ -514,9 +517,15 @@ impl Node {
             }
             None => None,
         };
-        // Not the leader here: ask the leader if known, else the replicas in turn (one hop; they do not forward).
+        // Not the leader here: ask the leader if known, else the replicas in turn (one hop; they do not forward),
+        // those membership calls alive first: a dead one costs a refused connection or, where a host is gone, the
+        // connect timeout.
         let mut targets: Vec<RaftId> = leader.into_iter().collect();
-        targets.extend(self.replicas(group).into_iter().filter(|r| *r != self.me && Some(*r) != leader));
+        let mut others: Vec<RaftId> =
+            self.replicas(group).into_iter().filter(|r| *r != self.me && Some(*r) != leader).collect();
+        let alive = crate::quiesce::alive(self);
+        others.sort_by_key(|r| !alive.contains(r));
+        targets.extend(others);
         let is_write = matches!(request, Request::Write(_));
         for target in targets {
             let answer: Result<Result<Answer, Forward>, CallError> =
@@ -586,6 +595,32 @@ impl Node {
             .filter(|(_, r)| r.metrics().borrow_watched().current_leader.is_none())
             .map(|(g, _)| g)
             .collect()
+    }
+}
+
+/// The founders' zones and weights decide every placement since the cluster was created: a restart whose
+/// `--initial-cluster` places them otherwise would place every partition otherwise on this node alone, so it is
+/// refused. The first start records them (a data directory from before this record records them at its next
+/// start).
+async fn check_founders(store: &Store, founding: &ClusterConfig) -> Result<(), StartError> {
+    let listed: Vec<(String, String, u32)> = founding
+        .history
+        .first()
+        .map(|f| f.iter().map(|m| (m.id.clone(), m.zone.clone(), m.weight)).collect())
+        .unwrap_or_default();
+    match store.founders()? {
+        None => Ok(store.set_founders(&listed).await?),
+        Some(recorded) if recorded != listed => {
+            let list = |members: &[(String, String, u32)]| {
+                members.iter().map(|(id, zone, weight)| format!("{id}@{zone}:{weight}")).collect::<Vec<_>>().join(",")
+            };
+            Err(StartError::Mismatch(format!(
+                "this cluster was created with the founders {}; --initial-cluster now gives {}",
+                list(&recorded),
+                list(&listed)
+            )))
+        }
+        Some(_) => Ok(()),
     }
 }
 

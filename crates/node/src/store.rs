@@ -398,6 +398,22 @@ impl Store {
         .await
     }
 
+    /// The founding members (id, zone, weight) this node's cluster was created with, as its first start recorded
+    /// them.
+    pub fn founders(&self) -> io::Result<Option<Vec<(String, String, u32)>>> {
+        self.read_meta(SHAPE_GROUP, "founders")
+    }
+
+    /// Records the founding members (id, zone, weight).
+    pub async fn set_founders(&self, founders: &[(String, String, u32)]) -> io::Result<()> {
+        let bytes = encode(&founders)?;
+        self.write(Box::new(move |txn| {
+            txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, "founders"), bytes.as_slice()).map_err(other)?;
+            Ok(())
+        }))
+        .await
+    }
+
     /// Whether this node initialized its founding groups once (a node never initializes a group twice: a group
     /// it left and rejoins is rebuilt from its leader).
     pub fn bootstrapped(&self) -> io::Result<bool> {

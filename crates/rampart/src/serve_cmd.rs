@@ -23,13 +23,14 @@ pub struct ServeArgs {
     /// Where the node keeps its data.
     #[arg(long, env = "RAMPART_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The founding members: n1=127.0.0.1:7201,n2=127.0.0.1:7202,...
+    /// The founding members: n1=127.0.0.1:7201,n2=127.0.0.1:7202,... Each may name its zone and weight,
+    /// n1=10.0.1.1:7201@site-a or n1=10.0.1.1:7201@site-a:200 (the same list on every founder).
     #[arg(long, env = "RAMPART_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
     /// Join a running cluster through this member's peer address (instead of --initial-cluster).
     #[arg(long, env = "RAMPART_JOIN")]
     join: Option<String>,
-    /// Failure domain of this node.
+    /// Failure domain of a node that joins (a founder's is given in --initial-cluster; this may only repeat it).
     #[arg(long, env = "RAMPART_ZONE")]
     zone: Option<String>,
     /// Partitions (fixed at cluster creation; 1 to 4096, default 64).

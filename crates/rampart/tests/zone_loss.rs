@@ -1,0 +1,177 @@
+//! Real processes: six founders in three zones, two each, placed by `--initial-cluster` (`id=host:port@zone`).
+//! Every partition's three replicas are in three zones, so the loss of a whole zone (both its nodes killed at
+//! once, as a site is lost) leaves every partition a quorum: every partition takes writes through the survivors,
+//! and every write acknowledged before the loss reads back. A founder restarted with a founding list that places
+//! it elsewhere is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::http;
+
+const BASE: u16 = 28_300;
+const NODES: usize = 6;
+const PARTITIONS: u64 = 8;
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+struct Nodes {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn http_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], BASE + i as u16))
+}
+
+fn zone(i: usize) -> &'static str {
+    ZONES[i / 2]
+}
+
+fn peer(i: usize) -> String {
+    format!("127.0.0.1:{}", BASE + 50 + i as u16)
+}
+
+/// The founding list, with `zone_of(i)` as node i's zone.
+fn founding_list(zone_of: impl Fn(usize) -> &'static str) -> String {
+    (0..NODES).map(|i| format!("n{i}={}@{}", peer(i), zone_of(i))).collect::<Vec<_>>().join(",")
+}
+
+/// `rampart serve` for node `i` on `dir`'s data, founded by `initial`.
+fn serve(dir: &std::path::Path, i: usize, initial: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+    command
+        .args(["serve", "--id", &format!("n{i}"), "--http", &http_addr(i).to_string(), "--peer", &peer(i)])
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{i}")))
+        .args(["--initial-cluster", initial, "--partitions", &PARTITIONS.to_string()])
+        // Nobody is decommissioned during the test: the zone's loss is survived, not repaired.
+        .args(["--replace-after-ms", "600000"]);
+    command
+}
+
+fn start() -> Nodes {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let initial = founding_list(zone);
+    let children = (0..NODES)
+        .map(|i| {
+            serve(dir.path(), i, &initial)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("rampart serve starts")
+        })
+        .collect();
+    Nodes { dir, children }
+}
+
+/// Writes `key` through node `via`, waiting out elections; the partition it went to.
+fn put(via: usize, key: &str, value: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = format!(r#"{{"value":"{value}"}}"#);
+    loop {
+        let answer = http("PUT", http_addr(via), &format!("/v1/kv/{key}"), Some(&body));
+        if let Some((200, answer)) = &answer {
+            let answer: serde_json::Value = serde_json::from_str(answer).expect("JSON");
+            return answer["partition"].as_u64().expect("the partition written");
+        }
+        assert!(Instant::now() < deadline, "put {key} through n{via}: no success in 10 s; last: {answer:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn losing_a_whole_zone_leaves_every_partition_writable() {
+    let mut nodes = start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(0..NODES).all(|i| http("GET", http_addr(i), "/readyz", None).is_some_and(|r| r.0 == 200)) {
+        assert!(Instant::now() < deadline, "the six nodes did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Each node is in the zone the list gave it, and each partition's replicas are in three zones.
+    let (_, view) = http("GET", http_addr(2), "/v1/cluster", None).expect("n2 answers");
+    let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
+    let zones: BTreeMap<String, String> = view["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap_or("").to_owned(), n["zone"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let expected: BTreeMap<String, String> = (0..NODES).map(|i| (format!("n{i}"), zone(i).to_owned())).collect();
+    assert_eq!(zones, expected);
+    let partitions = view["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len() as u64, PARTITIONS);
+    for p in partitions {
+        let spread: BTreeSet<&str> = p["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .map(|r| zones[r.as_str().expect("an id")].as_str())
+            .collect();
+        assert_eq!(spread.len(), 3, "partition {}: replicas {} in zones {spread:?}", p["id"], p["replicas"]);
+    }
+
+    // A key in every partition, written through every node.
+    let mut keys: BTreeMap<u64, String> = BTreeMap::new();
+    for k in 0..400 {
+        let key = format!("site-{k}");
+        let partition = put(k % NODES, &key, "before");
+        keys.entry(partition).or_insert(key);
+        if keys.len() as u64 == PARTITIONS {
+            break;
+        }
+    }
+    assert_eq!(keys.len() as u64, PARTITIONS, "400 keys did not reach every partition");
+
+    // zone-a (n0 and n1) is lost at once. Every partition still has two replicas of three, in zone-b and zone-c.
+    for child in &mut nodes.children[..2] {
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+    let lost = Instant::now();
+    for (i, (partition, key)) in keys.iter().enumerate() {
+        assert_eq!(put(2 + i % 4, key, "after"), *partition);
+    }
+    println!("every partition took a write {:?} after the zone was lost", lost.elapsed());
+    for key in keys.values() {
+        let (status, body) = http("GET", http_addr(5), &format!("/v1/kv/{key}"), None).expect("n5 answers");
+        assert_eq!(status, 200, "{key}: {body}");
+        assert!(body.contains("\"after\""), "{key}: {body}");
+    }
+
+    // n0 restarted on its data with a founding list that moves it to another zone is refused: the founders'
+    // zones decide every placement since the cluster was created.
+    let moved = founding_list(|i| if i == 0 { "zone-b" } else { zone(i) });
+    let mut restarted = serve(nodes.dir.path(), 0, &moved)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rampart serve runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = restarted.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = restarted.kill();
+            panic!("n0 started with its founders moved");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut restarted.stderr.take().expect("piped"), &mut stderr).expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("n0@zone-a:100") && stderr.contains("n0@zone-b:100"), "{stderr}");
+}

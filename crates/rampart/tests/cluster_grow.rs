@@ -6,27 +6,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::http;
+use common::{http, Children};
 
 const BASE: u16 = 27_900;
 const PARTITIONS: usize = 8;
 
 struct Nodes {
     dir: tempfile::TempDir,
-    children: Vec<Child>,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    children: Children,
 }
 
 fn http_addr(i: usize) -> SocketAddr {
@@ -49,7 +40,7 @@ impl Nodes {
             .stderr(Stdio::null())
             .spawn()
             .expect("rampart serve starts");
-        self.children.push(child);
+        self.children.0.push(child);
     }
 }
 
@@ -118,7 +109,7 @@ fn all_readable(via: usize, written: &BTreeMap<String, String>) {
 
 #[test]
 fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
-    let mut nodes = Nodes { dir: tempfile::tempdir().expect("temp dir"), children: Vec::new() };
+    let mut nodes = Nodes { dir: tempfile::tempdir().expect("temp dir"), children: Children(Vec::new()) };
     let initial: Vec<String> = (0..3).map(|i| format!("n{i}={}", peer(i))).collect();
     let initial = initial.join(",");
     for i in 0..3 {
@@ -182,7 +173,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     assert_eq!(status, 200, "{body}");
     let regrown = settled(&[0, 1, 2, 3], 3);
     assert!(regrown.iter().any(|r| r.contains("n3")), "{regrown:?}");
-    let n2 = &mut nodes.children[2];
+    let n2 = &mut nodes.children.0[2];
     n2.kill().expect("SIGKILL");
     n2.wait().expect("reaped");
     let healed = settled(&[0, 1, 3], 4);

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::http;
+use common::{http, Children};
 
 const BASE: u16 = 28_300;
 const NODES: usize = 6;
@@ -19,16 +19,7 @@ const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 
 struct Nodes {
     dir: tempfile::TempDir,
-    children: Vec<Child>,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    children: Children,
 }
 
 fn http_addr(i: usize) -> SocketAddr {
@@ -73,7 +64,7 @@ fn start() -> Nodes {
                 .expect("rampart serve starts")
         })
         .collect();
-    Nodes { dir, children }
+    Nodes { dir, children: Children(children) }
 }
 
 /// Writes `key` through node `via`, waiting out elections; the partition it went to.
@@ -136,7 +127,7 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
     assert_eq!(keys.len() as u64, PARTITIONS, "400 keys did not reach every partition");
 
     // zone-a (n0 and n1) is lost at once. Every partition still has two replicas of three, in zone-b and zone-c.
-    for child in &mut nodes.children[..2] {
+    for child in &mut nodes.children.0[..2] {
         child.kill().expect("kill -9");
         child.wait().expect("reaped");
     }

@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Child;
 use std::time::Duration;
 
 /// A minimal blocking HTTP/1.1 exchange: (status, body), or `None` if the node did not answer.
@@ -19,4 +20,18 @@ pub fn http(method: &str, addr: SocketAddr, path: &str, body: Option<&str>) -> O
     let status = answer.split(' ').nth(1)?.parse().ok()?;
     let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Some((status, body))
+}
+
+/// Processes a test started, killed (SIGKILL) and reaped when the test ends, passed or failed.
+// Not every test binary that includes this module starts its processes this way.
+#[allow(dead_code)]
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -92,12 +92,34 @@ impl ClusterConfig {
         self.history.last().map_or(&[], Vec::as_slice)
     }
 
-    /// The nodes running the metadata group: the first founders by id.
+    /// The nodes running the metadata group: up to [`META_MAX`] founders, taken from their zones in turn (zones
+    /// by name, founders by id within each), so that with three zones or more no zone holds a majority of them.
+    /// With every founder in one zone (and in clusters founded before zones were given), the first by id.
     pub fn meta_members(&self) -> Vec<String> {
-        let mut ids: Vec<String> =
-            self.history.first().map(|f| f.iter().map(|m| m.id.clone()).collect()).unwrap_or_default();
+        let mut zones: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for m in self.history.first().into_iter().flatten() {
+            zones.entry(m.zone.as_str()).or_default().push(m.id.as_str());
+        }
+        let mut zones: Vec<std::vec::IntoIter<&str>> = zones
+            .into_values()
+            .map(|mut ids| {
+                ids.sort_unstable();
+                ids.into_iter()
+            })
+            .collect();
+        let mut ids = Vec::new();
+        while ids.len() < META_MAX {
+            let before = ids.len();
+            for zone in &mut zones {
+                if let Some(id) = zone.next().filter(|_| ids.len() < META_MAX) {
+                    ids.push(id.to_owned());
+                }
+            }
+            if ids.len() == before {
+                break;
+            }
+        }
         ids.sort();
-        ids.truncate(META_MAX);
         ids
     }
 
@@ -509,5 +531,31 @@ pub(crate) async fn reconcile_loop(node: std::sync::Weak<Node>) {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         node.reconcile().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn founded(zones: &[(&str, &str)]) -> ClusterConfig {
+        let members = zones.iter().map(|(id, zone)| Member { id: (*id).into(), zone: (*zone).into(), weight: 100 });
+        ClusterConfig::founding(members.collect(), BTreeMap::new(), 8, 3)
+    }
+
+    /// The metadata group is spread over zones: with three zones, losing any one leaves it a majority.
+    #[test]
+    fn the_metadata_group_takes_founders_from_each_zone_in_turn() {
+        let one_zone: Vec<(String, &str)> = (0..7).map(|i| (format!("n{i}"), "default")).collect();
+        let one_zone: Vec<(&str, &str)> = one_zone.iter().map(|(id, z)| (id.as_str(), *z)).collect();
+        assert_eq!(founded(&one_zone).meta_members(), ["n0", "n1", "n2", "n3", "n4"], "the first five by id");
+        let zoned = founded(&[("n0", "a"), ("n1", "a"), ("n2", "a"), ("n3", "b"), ("n4", "b"), ("n5", "c")]);
+        let meta = zoned.meta_members();
+        assert_eq!(meta, ["n0", "n1", "n3", "n4", "n5"]);
+        for zone in [["n0", "n1", "n2"].as_slice(), &["n3", "n4"], &["n5"]] {
+            let lost = meta.iter().filter(|m| zone.contains(&m.as_str())).count();
+            assert!(lost * 2 < meta.len(), "losing {zone:?} takes {lost} of {meta:?}");
+        }
+        assert_eq!(founded(&[("n1", "x"), ("n0", "y")]).meta_members(), ["n0", "n1"], "fewer founders than five");
     }
 }

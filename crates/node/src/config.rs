@@ -276,7 +276,7 @@ impl NodeConfig {
                         "zone",
                         format!(
                             "{zone:?}, but --initial-cluster places {id} in {:?}: a founder's zone is given in the \
-                             list ({id}=host:port@zone), the same on every founder",
+                             list ({id}=host:port@zone, the same list on every founder); drop the setting",
                             listed.zone
                         ),
                     ));
@@ -286,7 +286,7 @@ impl NodeConfig {
                         "weight",
                         format!(
                             "{weight}, but --initial-cluster gives {id} weight {}: a founder's weight is given in the \
-                             list ({id}=host:port@zone:weight)",
+                             list ({id}=host:port@zone:weight); drop the setting",
                             listed.weight
                         ),
                     ));

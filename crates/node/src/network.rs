@@ -605,4 +605,18 @@ mod tests {
         assert_eq!(a.accept(1, chunk(2, 2, 4, b"yz")).unwrap().unwrap().data, b"wxyz");
         assert_eq!(a.accept(1, chunk(3, 0, 0, b"")).unwrap().unwrap().data, b"", "an empty snapshot is whole at once");
     }
+
+    /// A peer that cannot be connected to was certainly not sent the request (a forwarded write may then go to
+    /// another node); one that answers, even with an error, may have been.
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed = listener.local_addr().expect("address");
+        drop(listener);
+        let refused = Peers::call_addr::<u8, u8>(closed, "/internal/0", &1, Duration::from_secs(2), None).await;
+        assert!(matches!(refused, Err(CallError::Connect(..))), "{refused:?}");
+        let answering = peer(Arc::default()).await;
+        let answered = Peers::call_addr::<u8, u8>(answering, "/nowhere", &1, Duration::from_secs(2), None).await;
+        assert!(matches!(answered, Err(CallError::Status(_, StatusCode::NOT_FOUND))), "{answered:?}");
+    }
 }

@@ -206,7 +206,10 @@ impl Node {
             }
         };
         if matches!(config.bootstrap, Bootstrap::Initial(_)) {
-            check_founders(&store, &cluster_config).await?;
+            check_founders(&store, &cluster_config)?;
+            if store.bootstrapped()? && store.founders()?.is_none() {
+                store.set_founders(&founders_of(&cluster_config)).await?;
+            }
         }
         let cluster = Cluster::new(cluster_config)?;
         let mut nodes: BTreeMap<RaftId, PeerNode> =
@@ -315,6 +318,8 @@ impl Node {
                     tracing::warn!("partition {group}: initialize: {e}");
                 }
             }
+            let founders = founders_of(&node.cluster().config);
+            node.store.set_founders(&founders).await?;
             node.store.set_bootstrapped().await?;
         }
         Ok(node)
@@ -438,8 +443,12 @@ impl Node {
                     .filter(|l| l.remote == Some(p))
                     .map(|l| Item { sku: l.sku.clone(), qty: l.qty })
                     .collect();
-                let reserve =
-                    rampart_trading::Command::Reserve { order_id: id.clone(), user_id: order.user_id.clone(), items };
+                let reserve = rampart_trading::Command::ReserveLeg {
+                    order_id: id.clone(),
+                    user_id: order.user_id.clone(),
+                    items,
+                    placed_ms: order.placed_ms,
+                };
                 match self.propose(p, Op::Trade(reserve)).await? {
                     OpOutcome::Trade(Outcome::Hold(h)) => match h.state {
                         HoldState::Reserved | HoldState::Sold => priced.extend(h.items),
@@ -519,12 +528,15 @@ impl Node {
         };
         // Not the leader here: ask the leader if known, else the replicas in turn (one hop; they do not forward),
         // those membership calls alive first: a dead one costs a refused connection or, where a host is gone, the
-        // connect timeout.
+        // connect timeout. (Behind a known leader the rest are tried only if it cannot be reached: left in
+        // placement order, not worth asking membership on every forwarded request.)
         let mut targets: Vec<RaftId> = leader.into_iter().collect();
         let mut others: Vec<RaftId> =
             self.replicas(group).into_iter().filter(|r| *r != self.me && Some(*r) != leader).collect();
-        let alive = crate::quiesce::alive(self);
-        others.sort_by_key(|r| !alive.contains(r));
+        if leader.is_none() {
+            let alive = crate::quiesce::alive(self);
+            others.sort_by_key(|r| !alive.contains(r));
+        }
         targets.extend(others);
         let is_write = matches!(request, Request::Write(_));
         for target in targets {
@@ -598,30 +610,40 @@ impl Node {
     }
 }
 
-/// The founders' zones and weights decide every placement since the cluster was created: a restart whose
-/// `--initial-cluster` places them otherwise would place every partition otherwise on this node alone, so it is
-/// refused. The first start records them (a data directory from before this record records them at its next
-/// start).
-async fn check_founders(store: &Store, founding: &ClusterConfig) -> Result<(), StartError> {
-    let listed: Vec<(String, String, u32)> = founding
+/// The founders as the founding configuration lists them: (id, zone, weight).
+fn founders_of(founding: &ClusterConfig) -> Vec<(String, String, u32)> {
+    founding
         .history
         .first()
         .map(|f| f.iter().map(|m| (m.id.clone(), m.zone.clone(), m.weight)).collect())
-        .unwrap_or_default();
-    match store.founders()? {
-        None => Ok(store.set_founders(&listed).await?),
-        Some(recorded) if recorded != listed => {
-            let list = |members: &[(String, String, u32)]| {
-                members.iter().map(|(id, zone, weight)| format!("{id}@{zone}:{weight}")).collect::<Vec<_>>().join(",")
-            };
-            Err(StartError::Mismatch(format!(
-                "this cluster was created with the founders {}; --initial-cluster now gives {}",
-                list(&recorded),
-                list(&listed)
-            )))
+        .unwrap_or_default()
+}
+
+/// The founders' zones and weights decide every placement since the cluster was created: a restart whose
+/// `--initial-cluster` places them otherwise would place every partition otherwise on this node alone, so it is
+/// refused. A node records them once it has bootstrapped (until then a corrected list is taken); a data
+/// directory bootstrapped before that record existed was founded with every founder in the default zone at the
+/// default weight, and is held to that.
+fn check_founders(store: &Store, founding: &ClusterConfig) -> Result<(), StartError> {
+    let listed = founders_of(founding);
+    let recorded = match (store.founders()?, store.bootstrapped()?) {
+        (Some(recorded), _) => recorded,
+        (None, true) => {
+            listed.iter().map(|(id, _, _)| (id.clone(), "default".to_owned(), rampart_ring::DEFAULT_WEIGHT)).collect()
         }
-        Some(_) => Ok(()),
+        (None, false) => return Ok(()),
+    };
+    if recorded == listed {
+        return Ok(());
     }
+    let list = |members: &[(String, String, u32)]| {
+        members.iter().map(|(id, zone, weight)| format!("{id}@{zone}:{weight}")).collect::<Vec<_>>().join(",")
+    };
+    Err(StartError::Mismatch(format!(
+        "this cluster was created with the founders {}; --initial-cluster now gives {}",
+        list(&recorded),
+        list(&listed)
+    )))
 }
 
 /// A request forwarded to the node that should serve it.

@@ -1112,7 +1112,8 @@ mod tests {
         for n in 0..3 {
             shard.apply(&order(n));
         }
-        // A remembered refusal and a saga hold: every kind of row is in the view.
+        // A remembered refusal, a saga hold, a tombstone (a closed hold) and the cut-off of closed holds forgotten:
+        // every kind of row is in the view.
         let too_many = Command::PlaceOrder {
             user_id: UserId("greedy".into()),
             idempotency_key: "k".into(),
@@ -1121,12 +1122,16 @@ mod tests {
             remote: BTreeMap::new(),
         };
         shard.apply(&Stamped { at_ms: 5, command: too_many });
-        let leg = Command::Reserve {
+        let leg = Command::ReserveLeg {
             order_id: rampart_trading::OrderId("9-000001".into()),
             user_id: UserId("far".into()),
             items: vec![Item { sku: Sku("s".into()), qty: 1 }],
+            placed_ms: 6,
         };
         shard.apply(&Stamped { at_ms: 6, command: leg });
+        let tombstone = Command::Release { order_id: rampart_trading::OrderId("9-000002".into()) };
+        shard.apply(&Stamped { at_ms: 7, command: tombstone });
+        shard.apply(&Stamped { at_ms: 8, command: Command::Expire { forget_before_ms: 1 } });
         let (kv_then, rows_then) = (kv.clone(), shard.rows());
         let (kv_view, rows_view) = (kv.clone(), shard.rows_view());
         kv.insert("c".to_owned(), "3".to_owned());
@@ -1143,6 +1148,8 @@ mod tests {
         assert_eq!(count(|r| matches!(r, Row::Order(_))), 3);
         assert_eq!(count(|r| matches!(r, Row::Refusal { .. })), 1);
         assert_eq!(count(|r| matches!(r, Row::Hold(_))), 1);
+        assert_eq!(count(|r| matches!(r, Row::ClosedHold { .. })), 1);
+        assert_eq!(count(|r| matches!(r, Row::HoldsForgotten { before_ms: 1 })), 1);
     }
 
     /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.

@@ -15,9 +15,10 @@ use common::{http, Children};
 const BASE: u16 = 27_900;
 const PARTITIONS: usize = 8;
 
+// Fields drop in order: the processes go before their data directory.
 struct Nodes {
-    dir: tempfile::TempDir,
     children: Children,
+    dir: tempfile::TempDir,
 }
 
 fn http_addr(i: usize) -> SocketAddr {
@@ -109,7 +110,7 @@ fn all_readable(via: usize, written: &BTreeMap<String, String>) {
 
 #[test]
 fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
-    let mut nodes = Nodes { dir: tempfile::tempdir().expect("temp dir"), children: Children(Vec::new()) };
+    let mut nodes = Nodes { children: Children(Vec::new()), dir: tempfile::tempdir().expect("temp dir") };
     let initial: Vec<String> = (0..3).map(|i| format!("n{i}={}", peer(i))).collect();
     let initial = initial.join(",");
     for i in 0..3 {

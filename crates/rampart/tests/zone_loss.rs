@@ -1,8 +1,9 @@
-//! Real processes: six founders in three zones, two each, placed by `--initial-cluster` (`id=host:port@zone`).
-//! Every partition's three replicas are in three zones, so the loss of a whole zone (both its nodes killed at
-//! once, as a site is lost) leaves every partition a quorum: every partition takes writes through the survivors,
-//! and every write acknowledged before the loss reads back. A founder restarted with a founding list that places
-//! it elsewhere is refused.
+//! Real processes: six founders in three zones (three, two and one nodes), placed by `--initial-cluster`
+//! (`id=host:port@zone`). Every partition's three replicas are in three zones, and the metadata group's five
+//! voters are taken from the zones in turn, so the loss of the largest zone (its three nodes killed at once, as a
+//! site is lost) leaves every partition and the metadata group a quorum: every write acknowledged before the loss
+//! reads back, every partition takes writes through the survivors, and the configuration still changes. A
+//! founder restarted with a founding list that places it elsewhere is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -15,11 +16,15 @@ use common::{http, Children};
 const BASE: u16 = 28_300;
 const NODES: usize = 6;
 const PARTITIONS: u64 = 8;
-const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+/// n0-n2 in zone-a, n3-n4 in zone-b, n5 in zone-c. The first five founders by id (the metadata group's voters
+/// before it was spread over zones) would put three of its five voters in zone-a.
+const ZONES: [&str; NODES] = ["zone-a", "zone-a", "zone-a", "zone-b", "zone-b", "zone-c"];
+const LOST: usize = 3;
 
+// Fields drop in order: the processes go before their data directory.
 struct Nodes {
-    dir: tempfile::TempDir,
     children: Children,
+    dir: tempfile::TempDir,
 }
 
 fn http_addr(i: usize) -> SocketAddr {
@@ -27,7 +32,7 @@ fn http_addr(i: usize) -> SocketAddr {
 }
 
 fn zone(i: usize) -> &'static str {
-    ZONES[i / 2]
+    ZONES[i]
 }
 
 fn peer(i: usize) -> String {
@@ -64,7 +69,7 @@ fn start() -> Nodes {
                 .expect("rampart serve starts")
         })
         .collect();
-    Nodes { dir, children: Children(children) }
+    Nodes { children: Children(children), dir }
 }
 
 /// Writes `key` through node `via`, waiting out elections; the partition it went to.
@@ -91,17 +96,24 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // Each node is in the zone the list gave it, and each partition's replicas are in three zones.
-    let (_, view) = http("GET", http_addr(2), "/v1/cluster", None).expect("n2 answers");
-    let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
-    let zones: BTreeMap<String, String> = view["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap_or("").to_owned(), n["zone"].as_str().unwrap_or("").to_owned()))
-        .collect();
+    // Each node is in the zone the list gave it (as soon as n5's membership has heard from all), and each
+    // partition's replicas are in three zones.
     let expected: BTreeMap<String, String> = (0..NODES).map(|i| (format!("n{i}"), zone(i).to_owned())).collect();
-    assert_eq!(zones, expected);
+    let (view, zones) = loop {
+        let (_, view) = http("GET", http_addr(5), "/v1/cluster", None).expect("n5 answers");
+        let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
+        let zones: BTreeMap<String, String> = view["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| (n["id"].as_str().unwrap_or("").to_owned(), n["zone"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        if zones == expected {
+            break (view, zones);
+        }
+        assert!(Instant::now() < deadline, "zones seen: {zones:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let partitions = view["partitions"].as_array().expect("partitions");
     assert_eq!(partitions.len() as u64, PARTITIONS);
     for p in partitions {
@@ -126,20 +138,47 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
     }
     assert_eq!(keys.len() as u64, PARTITIONS, "400 keys did not reach every partition");
 
-    // zone-a (n0 and n1) is lost at once. Every partition still has two replicas of three, in zone-b and zone-c.
-    for child in &mut nodes.children.0[..2] {
+    // zone-a (n0, n1, n2) is lost at once. Every partition still has two replicas of three, in zone-b and
+    // zone-c; the metadata group three voters of five (n3, n4, n5).
+    for child in &mut nodes.children.0[..LOST] {
         child.kill().expect("kill -9");
         child.wait().expect("reaped");
     }
     let lost = Instant::now();
-    for (i, (partition, key)) in keys.iter().enumerate() {
-        assert_eq!(put(2 + i % 4, key, "after"), *partition);
+    let survivor = |i: usize| LOST + i % (NODES - LOST);
+    let read = |via: usize, key: &str, value: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = http("GET", http_addr(via), &format!("/v1/kv/{key}"), None);
+            match &answer {
+                Some((200, body)) => {
+                    assert!(body.contains(&format!("\"{value}\"")), "{key}: {body}");
+                    return;
+                }
+                _ => assert!(Instant::now() < deadline, "read {key}: {answer:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for (i, key) in keys.values().enumerate() {
+        read(survivor(i), key, "before");
     }
-    println!("every partition took a write {:?} after the zone was lost", lost.elapsed());
-    for key in keys.values() {
-        let (status, body) = http("GET", http_addr(5), &format!("/v1/kv/{key}"), None).expect("n5 answers");
-        assert_eq!(status, 200, "{key}: {body}");
-        assert!(body.contains("\"after\""), "{key}: {body}");
+    for (i, (partition, key)) in keys.iter().enumerate() {
+        assert_eq!(put(survivor(i), key, "after"), *partition);
+    }
+    println!("every partition served a read and took a write {:?} after the zone was lost", lost.elapsed());
+    for (i, key) in keys.values().enumerate() {
+        read(survivor(i + 1), key, "after");
+    }
+    // The configuration still changes: the metadata group decommissions a lost node.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = http("DELETE", http_addr(5), "/v1/cluster/nodes/n0", None);
+        if answer.as_ref().is_some_and(|(status, _)| *status == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "decommissioning n0 after the zone was lost: {answer:?}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     // n0 restarted on its data with a founding list that moves it to another zone is refused: the founders'

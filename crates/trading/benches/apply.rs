@@ -101,10 +101,11 @@ fn rows_view(c: &mut Criterion) {
     group.bench_function("sold_out_100000_refused", |b| b.iter(|| std::hint::black_box(sold_out.rows_view())));
     let mut legs = shard_with(0);
     for n in 0..100_000 {
-        let reserve = Command::Reserve {
+        let reserve = Command::ReserveLeg {
             order_id: OrderId::new(3, n),
             user_id: UserId(format!("bench-run-customer-{n}")),
             items: vec![Item { sku: Sku(SKU.into()), qty: 1 }],
+            placed_ms: 1_700_000_000_000,
         };
         legs.apply(&Stamped { at_ms: 1_700_000_000_000, command: reserve });
     }

@@ -189,8 +189,8 @@ pub enum Command {
         pay_deadline_ms: u64,
         remote: std::collections::BTreeMap<Sku, u32>,
     },
-    /// A saga leg: reserves another partition's order lines here, all or nothing. Idempotent by order id; refused
-    /// if the order's lines were released here first.
+    /// A saga leg, as builds before [`Command::ReserveLeg`] wrote it (still applied for their log entries): the
+    /// same, without the order's placement time, so never refused for its age.
     Reserve { order_id: OrderId, user_id: UserId, items: Vec<Item> },
     /// A saga leg: releases the order's lines held here (a no-op if released; a tombstone if never reserved).
     Release { order_id: OrderId },
@@ -208,6 +208,12 @@ pub enum Command {
     /// orders placed before `forget_before_ms`, and forgets saga legs here that were released or refused before
     /// it.
     Expire { forget_before_ms: u64 },
+    /// A saga leg: reserves another partition's order lines here, all or nothing. Idempotent by order id; refused
+    /// (answered as released, reserving and recording nothing) if the order's lines were released here first, or
+    /// if the order was placed (`placed_ms`, its home's business time) before the cut-off of the closed legs
+    /// forgotten here, whose tombstones may be gone: a reservation that late comes from a driver that missed the
+    /// saga's end.
+    ReserveLeg { order_id: OrderId, user_id: UserId, items: Vec<Item>, placed_ms: u64 },
 }
 
 /// A command with the leader's clock reading when it proposed it.
@@ -307,8 +313,8 @@ pub enum Row {
         hold: Hold,
         closed_ms: u64,
     },
-    /// Closed saga legs were forgotten up to this business time: a reservation stamped before it is refused, as
-    /// a tombstone would have refused it.
+    /// Closed saga legs were forgotten up to this business time: a reservation for an order placed before it is
+    /// refused, as its tombstone would have refused it.
     HoldsForgotten {
         before_ms: u64,
     },

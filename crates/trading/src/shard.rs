@@ -82,8 +82,8 @@ pub struct Shard {
     holds: imbl::OrdMap<OrderId, Hold>,
     /// When each hold that holds nothing any more (released, a tombstone, refused) closed, by order id.
     closed_holds: imbl::OrdMap<OrderId, u64>,
-    /// Closed holds that closed before this business time were forgotten; a reservation stamped before it is
-    /// refused (its tombstone may be gone).
+    /// Closed holds that closed before this business time were forgotten; a reservation for an order placed
+    /// before it is refused (its tombstone may be gone).
     holds_forgotten_before_ms: u64,
     /// Derived: what each remembered `(user, key)` names.
     idempotency: BTreeMap<(UserId, String), Remembered>,
@@ -323,7 +323,10 @@ impl Shard {
             Command::PlaceOrder { user_id, idempotency_key, items, pay_deadline_ms, remote } => {
                 self.place_order(now, user_id, idempotency_key, items, *pay_deadline_ms, remote)
             }
-            Command::Reserve { order_id, user_id, items } => self.reserve(now, stamped.at_ms, order_id, user_id, items),
+            Command::Reserve { order_id, user_id, items } => self.reserve(now, None, order_id, user_id, items),
+            Command::ReserveLeg { order_id, user_id, items, placed_ms } => {
+                self.reserve(now, Some(*placed_ms), order_id, user_id, items)
+            }
             Command::Release { order_id } => self.release(now, order_id),
             Command::Settle { order_id } => self.settle(order_id),
             Command::ResolveSaga { order_id, result } => self.resolve(now, order_id, result),
@@ -591,12 +594,12 @@ impl Shard {
         Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
     }
 
-    /// Reserves a saga leg here, all or nothing. A reservation stamped (`stamped_ms`) before the closed holds
-    /// forgotten finds the tombstone it may have had: it reserves nothing and records nothing.
+    /// Reserves a saga leg here, all or nothing. A reservation for an order placed (`placed_ms`) before the closed
+    /// holds forgotten finds the tombstone it may have had: it reserves nothing and records nothing.
     fn reserve(
         &mut self,
         now: u64,
-        stamped_ms: u64,
+        placed_ms: Option<u64>,
         id: &OrderId,
         user_id: &UserId,
         items: &[Item],
@@ -604,7 +607,7 @@ impl Shard {
         if let Some(h) = self.holds.get(id) {
             return Ok(Outcome::Hold(h.clone()));
         }
-        if stamped_ms < self.holds_forgotten_before_ms {
+        if placed_ms.is_some_and(|p| p < self.holds_forgotten_before_ms) {
             let gone =
                 Hold { order_id: id.clone(), user_id: user_id.clone(), items: Vec::new(), state: HoldState::Released };
             return Ok(Outcome::Hold(gone));

@@ -273,10 +273,12 @@ fn closed_saga_legs_are_forgotten_after_retention_and_stay_refused() {
     let mut other = Shard::new(1);
     other.apply(&at(0, create("b", 2, Some(1))));
     let id = |i| OrderId::new(0, i);
-    let reserve = |i, u: &str| Command::Reserve {
+    // Each order placed at its home at time i.
+    let reserve = |i, u: &str| Command::ReserveLeg {
         order_id: id(i),
         user_id: user(u),
         items: vec![Item { sku: sku("b"), qty: 1 }],
+        placed_ms: i,
     };
     // Order 1's leg is sold; order 2's reserved then released; order 3's released before it was reserved (a
     // tombstone); order 4's refused (u already holds its one unit).
@@ -309,19 +311,19 @@ fn closed_saga_legs_are_forgotten_after_retention_and_stay_refused() {
     assert_eq!(stock(&other, "b"), (1, 0, 1), "forgetting changes no stock");
     assert_eq!(Shard::restore(1, other.rows()), Ok(other.clone()), "the forgetting survives a snapshot");
 
-    // A late reservation of order 3 stamped before the cut-off reserves nothing and records nothing, as its
-    // tombstone would have; one stamped after it is a reservation like any other.
+    // A late reservation of order 3 (placed before the cut-off) reserves nothing and records nothing, as its
+    // tombstone would have, however late it arrives; an order placed after the cut-off reserves as any other.
     other.apply(&at(52, Command::Restock { sku: sku("b"), qty: 1 }));
     let before = other.clone();
-    let late = other.apply(&at(30, reserve(3, "w")));
+    let late = other.apply(&at(52, reserve(3, "w")));
     assert_eq!(hold_state(late), HoldState::Released);
-    assert_eq!(other, before, "a reservation from before the cut-off changed the state");
-    assert_eq!(hold_state(other.apply(&at(53, reserve(5, "w")))), HoldState::Reserved);
+    assert_eq!(other, before, "a reservation of an order placed before the cut-off changed the state");
+    assert_eq!(hold_state(other.apply(&at(61, reserve(31, "w")))), HoldState::Reserved);
     // The sold leg is never forgotten: u's one unit still counts against the limit.
     other.apply(&at(1_000, Command::Expire { forget_before_ms: 1_000 }));
     assert!(other.hold(&id(1)).is_some_and(|h| h.state == HoldState::Sold));
     assert!(other.hold(&id(4)).is_none(), "the refusal was forgotten");
-    let again = hold_state(other.apply(&at(1_001, reserve(6, "u"))));
+    let again = hold_state(other.apply(&at(1_001, reserve(1_000, "u"))));
     assert!(matches!(again, HoldState::Refused(Rejection::LimitExceeded { .. })), "{again:?}");
 }
 
@@ -393,14 +395,18 @@ fn command() -> impl Strategy<Value = Command> {
                 remote: [(sku("s2"), 1)].into_iter().collect(),
             }
         ),
-        // Legs of partition 1's orders held here, in any order, repeated, late or early.
-        (0..6u64, u(), proptest::collection::vec((s(), 0..4u32), 0..3)).prop_map(|(i, user_id, items)| {
-            Command::Reserve {
-                order_id: OrderId::new(1, i),
-                user_id,
-                items: items.into_iter().map(|(sku, qty)| Item { sku, qty }).collect(),
+        // Legs of partition 1's orders held here, in any order, repeated, late or early (also as earlier builds
+        // wrote them, without the order's placement time).
+        (0..6u64, u(), proptest::collection::vec((s(), 0..4u32), 0..3), proptest::option::of(0..200u64)).prop_map(
+            |(i, user_id, items, placed_ms)| {
+                let (order_id, items) =
+                    (OrderId::new(1, i), items.into_iter().map(|(sku, qty)| Item { sku, qty }).collect());
+                match placed_ms {
+                    Some(placed_ms) => Command::ReserveLeg { order_id, user_id, items, placed_ms },
+                    None => Command::Reserve { order_id, user_id, items },
+                }
             }
-        }),
+        ),
         (0..6u64).prop_map(|i| Command::Release { order_id: OrderId::new(1, i) }),
         (0..6u64).prop_map(|i| Command::Settle { order_id: OrderId::new(1, i) }),
         (id(), proptest::option::of(0..4u32), 0..3u64).prop_map(|(order_id, qty, price)| Command::ResolveSaga {

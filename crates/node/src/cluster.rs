@@ -92,33 +92,41 @@ impl ClusterConfig {
         self.history.last().map_or(&[], Vec::as_slice)
     }
 
-    /// The nodes running the metadata group: up to [`META_MAX`] founders, taken from their zones in turn (zones
-    /// by name, founders by id within each), so that with three zones or more no zone holds a majority of them.
-    /// With every founder in one zone (and in clusters founded before zones were given), the first by id.
+    /// The nodes running the metadata group, at most [`META_MAX`] founders, taken from their zones in turn (zones
+    /// by name, founders by id within each). With three zones or more, no zone may hold half of them (a zone's
+    /// loss then leaves a majority), so with unbalanced zones there may be fewer: founders 4/1/1 over three zones
+    /// give three voters, one per zone. With one or two zones (and in clusters founded before zones were given),
+    /// the first five by id, as before. This must never change for a founding list once a cluster has it: every
+    /// node derives the group's voters from it.
     pub fn meta_members(&self) -> Vec<String> {
         let mut zones: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for m in self.history.first().into_iter().flatten() {
             zones.entry(m.zone.as_str()).or_default().push(m.id.as_str());
         }
-        let mut zones: Vec<std::vec::IntoIter<&str>> = zones
-            .into_values()
-            .map(|mut ids| {
-                ids.sort_unstable();
-                ids.into_iter()
-            })
-            .collect();
-        let mut ids = Vec::new();
-        while ids.len() < META_MAX {
-            let before = ids.len();
-            for zone in &mut zones {
-                if let Some(id) = zone.next().filter(|_| ids.len() < META_MAX) {
-                    ids.push(id.to_owned());
-                }
-            }
-            if ids.len() == before {
-                break;
-            }
+        for ids in zones.values_mut() {
+            ids.sort_unstable();
         }
+        let mut ids: Vec<String> = if zones.len() < 3 {
+            let mut all: Vec<&str> = zones.values().flatten().copied().collect();
+            all.sort_unstable();
+            all.into_iter().take(META_MAX).map(str::to_owned).collect()
+        } else {
+            // Round-robin over the zones, then the longest prefix (up to five) in which no zone holds half.
+            let rounds = zones.values().map(Vec::len).max().unwrap_or(0);
+            let order: Vec<(&str, &str)> = (0..rounds)
+                .flat_map(|r| zones.iter().filter_map(move |(zone, ids)| ids.get(r).map(|id| (*zone, *id))))
+                .collect();
+            let balanced = |k: usize| {
+                let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+                order[..k].iter().all(|(zone, _)| {
+                    let c = count.entry(zone).or_default();
+                    *c += 1;
+                    *c * 2 < k
+                })
+            };
+            let k = (1..=order.len().min(META_MAX)).rev().find(|&k| balanced(k)).unwrap_or(1);
+            order[..k].iter().map(|(_, id)| (*id).to_owned()).collect()
+        };
         ids.sort();
         ids
     }
@@ -557,5 +565,11 @@ mod tests {
             assert!(lost * 2 < meta.len(), "losing {zone:?} takes {lost} of {meta:?}");
         }
         assert_eq!(founded(&[("n1", "x"), ("n0", "y")]).meta_members(), ["n0", "n1"], "fewer founders than five");
+        // Unbalanced zones: 4/1/1 gives one voter per zone rather than three of five in zone a.
+        let lopsided = founded(&[("n0", "a"), ("n1", "a"), ("n2", "a"), ("n3", "a"), ("n4", "b"), ("n5", "c")]);
+        assert_eq!(lopsided.meta_members(), ["n0", "n4", "n5"]);
+        // Two zones cannot avoid a zone holding half: the first five by id.
+        let two = founded(&[("n0", "a"), ("n1", "a"), ("n2", "a"), ("n3", "b"), ("n4", "b"), ("n5", "b")]);
+        assert_eq!(two.meta_members(), ["n0", "n1", "n2", "n3", "n4"]);
     }
 }

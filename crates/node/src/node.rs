@@ -626,12 +626,14 @@ fn founders_of(founding: &ClusterConfig) -> Vec<(String, String, u32)> {
 /// default weight, and is held to that.
 fn check_founders(store: &Store, founding: &ClusterConfig) -> Result<(), StartError> {
     let listed = founders_of(founding);
-    let recorded = match (store.founders()?, store.bootstrapped()?) {
-        (Some(recorded), _) => recorded,
-        (None, true) => {
+    if !store.bootstrapped()? {
+        return Ok(());
+    }
+    let recorded = match store.founders()? {
+        Some(recorded) => recorded,
+        None => {
             listed.iter().map(|(id, _, _)| (id.clone(), "default".to_owned(), rampart_ring::DEFAULT_WEIGHT)).collect()
         }
-        (None, false) => return Ok(()),
     };
     if recorded == listed {
         return Ok(());

@@ -148,6 +148,19 @@ fn acknowledged_writes_survive_kill_9_of_each_node_in_turn() {
     assert!(Path::new(&cluster.dir.path().join("n0").join("rampart.redb")).exists());
 }
 
+/// Reads `key` through node `i`, asking again for up to 10 s while the node does not answer or the partition has no
+/// leader (503: an election under way, nothing read), as a client would.
+fn read_settled(cluster: &Cluster, i: usize, key: &str) -> Option<(u16, String)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = http("GET", cluster.http_addr(i), &format!("/v1/kv/{key}"), None);
+        if !matches!(got, Some((503, _)) | None) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The whole cluster dies at once (SIGKILL, all three) and comes back: every partition's state is rebuilt from
 /// its snapshot and the log after it (snapshots every 30 entries, so both are used), and every acknowledged
 /// write is there, on every node.
@@ -177,16 +190,8 @@ fn acknowledged_writes_survive_kill_9_of_every_node_at_once() {
     cluster.wait_ready(Duration::from_secs(30));
     for i in 0..3 {
         for &k in &acked {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let got = loop {
-                let got = http("GET", cluster.http_addr(i), &format!("/v1/kv/k{k}"), None);
-                // Right after the restart a partition may still be electing its leader.
-                if matches!(got, Some((503, _)) | None) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-                break got;
-            };
+            // Right after the restart a partition may still be electing its leader.
+            let got = read_settled(&cluster, i, &format!("k{k}"));
             assert!(
                 matches!(&got, Some((200, body)) if body.contains(&format!(r#""value":"v{k}""#))),
                 "node n{i} lost acknowledged write k{k} after the whole cluster was killed: {got:?}"
@@ -530,7 +535,8 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
     for i in 0..3 {
         for (n, k) in keys.iter().enumerate() {
             let value = 1 + n / 8;
-            let got = http("GET", cluster.http_addr(i), &format!("/v1/kv/{k}"), None);
+            // A woken partition may be electing its leader.
+            let got = read_settled(&cluster, i, k);
             assert!(
                 matches!(&got, Some((200, body)) if body.contains(&format!(r#""value":"{value}""#))),
                 "n{i} lost acknowledged write {k}: {got:?}"

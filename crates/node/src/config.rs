@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rampart_ring::{DEFAULT_WEIGHT, MAX_WEIGHT};
 use serde::Deserialize;
 
 /// Settings as they come in: every field optional, so that sources can be layered.
@@ -128,8 +129,15 @@ pub struct Founder {
     pub weight: u32,
 }
 
-const DEFAULT_ZONE: &str = "default";
-const DEFAULT_WEIGHT: u32 = 100;
+/// The zone of a node that names none.
+pub(crate) const DEFAULT_ZONE: &str = "default";
+/// What an identifier (a node's id, a zone) may be.
+const ID_RULE: &str = "use 1 to 64 ASCII letters, digits, '-', '_' or '.'";
+const WEIGHT_RULE: &str = "use 1 to 100000";
+
+fn valid_weight(w: u32) -> bool {
+    (1..=MAX_WEIGHT).contains(&w)
+}
 
 /// One `--initial-cluster` member after its `=`: `host:port[@zone[:weight]]`.
 fn founder(item: &str, value: &str) -> Result<Founder, ConfigError> {
@@ -141,17 +149,15 @@ fn founder(item: &str, value: &str) -> Result<Founder, ConfigError> {
         None => (DEFAULT_ZONE.to_owned(), DEFAULT_WEIGHT),
         Some((zone, weight)) => {
             if !valid_id(zone) {
-                return Err(invalid(
-                    "initial_cluster",
-                    format!("{item:?}: bad zone {zone:?} (use 1 to 64 ASCII letters, digits, '-', '_' or '.')"),
-                ));
+                return Err(invalid("initial_cluster", format!("{item:?}: bad zone {zone:?} ({ID_RULE})")));
             }
-            let weight = match weight {
-                None => DEFAULT_WEIGHT,
-                Some(w) => w.parse().ok().filter(|w| (1..=100_000).contains(w)).ok_or_else(|| {
-                    invalid("initial_cluster", format!("{item:?}: bad weight {w:?} (use 1 to 100000)"))
-                })?,
-            };
+            let weight =
+                match weight {
+                    None => DEFAULT_WEIGHT,
+                    Some(w) => w.parse().ok().filter(|w| valid_weight(*w)).ok_or_else(|| {
+                        invalid("initial_cluster", format!("{item:?}: bad weight {w:?} ({WEIGHT_RULE})"))
+                    })?,
+                };
             (zone.to_owned(), weight)
         }
     };
@@ -221,7 +227,7 @@ impl NodeConfig {
     pub fn from_raw(raw: RawConfig) -> Result<NodeConfig, ConfigError> {
         let id = raw.id.ok_or(ConfigError::Missing("id", "id", "ID"))?;
         if !valid_id(&id) {
-            return Err(invalid("id", "use 1 to 64 ASCII letters, digits, '-', '_' or '.'"));
+            return Err(invalid("id", ID_RULE));
         }
         let http = addr("http", &raw.http.ok_or(ConfigError::Missing("http", "http", "HTTP"))?)?;
         let peer = addr("peer", &raw.peer.ok_or(ConfigError::Missing("peer", "peer", "PEER"))?)?;
@@ -262,10 +268,10 @@ impl NodeConfig {
             }
         };
         if raw.zone.as_deref().is_some_and(|z| !valid_id(z)) {
-            return Err(invalid("zone", "use 1 to 64 ASCII letters, digits, '-', '_' or '.'"));
+            return Err(invalid("zone", ID_RULE));
         }
-        if raw.weight.is_some_and(|w| !(1..=100_000).contains(&w)) {
-            return Err(invalid("weight", "use 1 to 100000"));
+        if raw.weight.is_some_and(|w| !valid_weight(w)) {
+            return Err(invalid("weight", WEIGHT_RULE));
         }
         // A founder is placed where the founding list says; its own settings may only repeat that.
         let (zone, weight) = match &bootstrap {

@@ -25,7 +25,7 @@ use rampart_membership::{Config as MembershipConfig, Meta, Profile};
 use rampart_membership_net::Membership;
 
 use crate::cluster::{AdminError, AdminOp, Cluster, ClusterConfig, Member, META_GROUP};
-use crate::config::{Bootstrap, NodeConfig};
+use crate::config::{Bootstrap, NodeConfig, DEFAULT_ZONE};
 use crate::network::{
     CallError, Envelope, GroupNetwork, Peers, RaftOp, Reply, SnapshotAssembler, SnapshotChunk, MAX_BODY,
 };
@@ -206,10 +206,7 @@ impl Node {
             }
         };
         if matches!(config.bootstrap, Bootstrap::Initial(_)) {
-            check_founders(&store, &cluster_config)?;
-            if store.bootstrapped()? && store.founders()?.is_none() {
-                store.set_founders(&founders_of(&cluster_config)).await?;
-            }
+            check_founders(&store, &cluster_config).await?;
         }
         let cluster = Cluster::new(cluster_config)?;
         let mut nodes: BTreeMap<RaftId, PeerNode> =
@@ -318,7 +315,7 @@ impl Node {
                     tracing::warn!("partition {group}: initialize: {e}");
                 }
             }
-            let founders = founders_of(&node.cluster().config);
+            let founders = node.cluster().config.history.first().cloned().unwrap_or_default();
             node.store.set_founders(&founders).await?;
             node.store.set_bootstrapped().await?;
         }
@@ -610,41 +607,39 @@ impl Node {
     }
 }
 
-/// The founders as the founding configuration lists them: (id, zone, weight).
-fn founders_of(founding: &ClusterConfig) -> Vec<(String, String, u32)> {
-    founding
-        .history
-        .first()
-        .map(|f| f.iter().map(|m| (m.id.clone(), m.zone.clone(), m.weight)).collect())
-        .unwrap_or_default()
-}
-
 /// The founders' zones and weights decide every placement since the cluster was created: a restart whose
 /// `--initial-cluster` places them otherwise would place every partition otherwise on this node alone, so it is
-/// refused. A node records them once it has bootstrapped (until then a corrected list is taken); a data
-/// directory bootstrapped before that record existed was founded with every founder in the default zone at the
-/// default weight, and is held to that.
-fn check_founders(store: &Store, founding: &ClusterConfig) -> Result<(), StartError> {
-    let listed = founders_of(founding);
+/// refused. A node records them when it bootstraps (until then a corrected list is taken); a data directory
+/// bootstrapped before that record existed was founded with every founder in the default zone at the default
+/// weight, is held to that, and records it.
+async fn check_founders(store: &Store, founding: &ClusterConfig) -> Result<(), StartError> {
     if !store.bootstrapped()? {
         return Ok(());
     }
+    let listed = founding.history.first().map_or(&[][..], Vec::as_slice);
     let recorded = match store.founders()? {
         Some(recorded) => recorded,
         None => {
-            listed.iter().map(|(id, _, _)| (id.clone(), "default".to_owned(), rampart_ring::DEFAULT_WEIGHT)).collect()
+            let former: Vec<Member> = listed
+                .iter()
+                .map(|m| Member { id: m.id.clone(), zone: DEFAULT_ZONE.into(), weight: rampart_ring::DEFAULT_WEIGHT })
+                .collect();
+            if former == listed {
+                store.set_founders(&former).await?;
+            }
+            former
         }
     };
     if recorded == listed {
         return Ok(());
     }
-    let list = |members: &[(String, String, u32)]| {
-        members.iter().map(|(id, zone, weight)| format!("{id}@{zone}:{weight}")).collect::<Vec<_>>().join(",")
+    let list = |members: &[Member]| {
+        members.iter().map(|m| format!("{}@{}:{}", m.id, m.zone, m.weight)).collect::<Vec<_>>().join(",")
     };
     Err(StartError::Mismatch(format!(
         "this cluster was created with the founders {}; --initial-cluster now gives {}",
         list(&recorded),
-        list(&listed)
+        list(listed)
     )))
 }
 

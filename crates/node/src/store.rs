@@ -48,6 +48,7 @@ use tokio::sync::oneshot;
 
 use rampart_trading::{Row, RowsView, Shard, Stamped};
 
+use crate::cluster::Member;
 use crate::types::{CommandResult, GroupId, Op, OpOutcome, TypeConfig};
 
 /// A group's in-memory state, shared by its state machine and the node's readers.
@@ -398,14 +399,13 @@ impl Store {
         .await
     }
 
-    /// The founding members (id, zone, weight) this node's cluster was created with, as its first start recorded
-    /// them.
-    pub fn founders(&self) -> io::Result<Option<Vec<(String, String, u32)>>> {
+    /// The founding members this node's cluster was created with, as the node recorded them when it bootstrapped.
+    pub fn founders(&self) -> io::Result<Option<Vec<Member>>> {
         self.read_meta(SHAPE_GROUP, "founders")
     }
 
-    /// Records the founding members (id, zone, weight).
-    pub async fn set_founders(&self, founders: &[(String, String, u32)]) -> io::Result<()> {
+    /// Records the founding members.
+    pub async fn set_founders(&self, founders: &[Member]) -> io::Result<()> {
         let bytes = encode(&founders)?;
         self.write(Box::new(move |txn| {
             txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, "founders"), bytes.as_slice()).map_err(other)?;

@@ -10,16 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{http, Children};
+use common::{http, Processes};
 
 const BASE: u16 = 27_900;
 const PARTITIONS: usize = 8;
-
-// Fields drop in order: the processes go before their data directory.
-struct Nodes {
-    children: Children,
-    dir: tempfile::TempDir,
-}
 
 fn http_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], BASE + i as u16))
@@ -29,20 +23,19 @@ fn peer(i: usize) -> String {
     format!("127.0.0.1:{}", BASE + 50 + i as u16)
 }
 
-impl Nodes {
-    fn start(&mut self, i: usize, bootstrap: &[&str]) {
-        let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
-            .args(["serve", "--id", &format!("n{i}"), "--http", &http_addr(i).to_string(), "--peer", &peer(i)])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("n{i}")))
-            .args(["--partitions", &PARTITIONS.to_string(), "--replace-after-ms", "2000"])
-            .args(bootstrap)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rampart serve starts");
-        self.children.0.push(child);
-    }
+/// Starts node `i` in `nodes`' directory with the given bootstrap flags.
+fn start(nodes: &mut Processes, i: usize, bootstrap: &[&str]) {
+    let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["serve", "--id", &format!("n{i}"), "--http", &http_addr(i).to_string(), "--peer", &peer(i)])
+        .arg("--data-dir")
+        .arg(nodes.dir.path().join(format!("n{i}")))
+        .args(["--partitions", &PARTITIONS.to_string(), "--replace-after-ms", "2000"])
+        .args(bootstrap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rampart serve starts");
+    nodes.children.push(child);
 }
 
 fn view(i: usize) -> Option<serde_json::Value> {
@@ -110,11 +103,11 @@ fn all_readable(via: usize, written: &BTreeMap<String, String>) {
 
 #[test]
 fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
-    let mut nodes = Nodes { children: Children(Vec::new()), dir: tempfile::tempdir().expect("temp dir") };
+    let mut nodes = Processes::new();
     let initial: Vec<String> = (0..3).map(|i| format!("n{i}={}", peer(i))).collect();
     let initial = initial.join(",");
     for i in 0..3 {
-        nodes.start(i, &["--initial-cluster", &initial]);
+        start(&mut nodes, i, &["--initial-cluster", &initial]);
     }
     let before = settled(&[0, 1, 2], 0);
     let mut written = BTreeMap::new();
@@ -124,7 +117,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
         written.insert(key, value);
     }
 
-    nodes.start(3, &["--join", &peer(0)]);
+    start(&mut nodes, 3, &["--join", &peer(0)]);
     let grown = settled(&[0, 1, 2, 3], 1);
     let mut gained = 0;
     for (p, (old, new)) in before.iter().zip(&grown).enumerate() {
@@ -174,7 +167,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     assert_eq!(status, 200, "{body}");
     let regrown = settled(&[0, 1, 2, 3], 3);
     assert!(regrown.iter().any(|r| r.contains("n3")), "{regrown:?}");
-    let n2 = &mut nodes.children.0[2];
+    let n2 = &mut nodes.children[2];
     n2.kill().expect("SIGKILL");
     n2.wait().expect("reaped");
     let healed = settled(&[0, 1, 3], 4);
@@ -187,7 +180,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     all_readable(3, &written);
     // n2 comes back on its data: the metadata group has its three founders again, n2 holds no partition (what it
     // held was dropped) and serves every key by forwarding.
-    nodes.start(2, &["--initial-cluster", &initial]);
+    start(&mut nodes, 2, &["--initial-cluster", &initial]);
     assert_eq!(settled(&[0, 1, 2, 3], 4), healed);
     let hosted = || -> Option<Vec<String>> {
         let (_, metrics) = http("GET", http_addr(2), "/metrics", None)?;

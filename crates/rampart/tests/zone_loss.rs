@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{http, Children};
+use common::{http, Processes};
 
 const BASE: u16 = 28_300;
 const NODES: usize = 6;
@@ -20,12 +20,6 @@ const PARTITIONS: u64 = 8;
 /// before it was spread over zones) would put three of its five voters in zone-a.
 const ZONES: [&str; NODES] = ["zone-a", "zone-a", "zone-a", "zone-b", "zone-b", "zone-c"];
 const LOST: usize = 3;
-
-// Fields drop in order: the processes go before their data directory.
-struct Nodes {
-    children: Children,
-    dir: tempfile::TempDir,
-}
 
 fn http_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], BASE + i as u16))
@@ -57,19 +51,18 @@ fn serve(dir: &std::path::Path, i: usize, initial: &str) -> Command {
     command
 }
 
-fn start() -> Nodes {
-    let dir = tempfile::tempdir().expect("temp dir");
+fn start() -> Processes {
+    let mut nodes = Processes::new();
     let initial = founding_list(zone);
-    let children = (0..NODES)
-        .map(|i| {
-            serve(dir.path(), i, &initial)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("rampart serve starts")
-        })
-        .collect();
-    Nodes { children: Children(children), dir }
+    for i in 0..NODES {
+        let child = serve(nodes.dir.path(), i, &initial)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rampart serve starts");
+        nodes.children.push(child);
+    }
+    nodes
 }
 
 /// Writes `key` through node `via`, waiting out elections; the partition it went to.
@@ -140,7 +133,7 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
 
     // zone-a (n0, n1, n2) is lost at once. Every partition still has two replicas of three, in zone-b and
     // zone-c; the metadata group three voters of five (n3, n4, n5).
-    for child in &mut nodes.children.0[..LOST] {
+    for child in &mut nodes.children[..LOST] {
         child.kill().expect("kill -9");
         child.wait().expect("reaped");
     }

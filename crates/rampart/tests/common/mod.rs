@@ -22,14 +22,25 @@ pub fn http(method: &str, addr: SocketAddr, path: &str, body: Option<&str>) -> O
     Some((status, body))
 }
 
-/// Processes a test started, killed (SIGKILL) and reaped when the test ends, passed or failed.
+/// Node processes a test started and their data directory. When the test ends, passed or failed, the processes
+/// are killed (SIGKILL) and reaped, and only then is the directory removed.
 // Not every test binary that includes this module starts its processes this way.
 #[allow(dead_code)]
-pub struct Children(pub Vec<Child>);
+pub struct Processes {
+    pub children: Vec<Child>,
+    pub dir: tempfile::TempDir,
+}
 
-impl Drop for Children {
+#[allow(dead_code)]
+impl Processes {
+    pub fn new() -> Processes {
+        Processes { children: Vec::new(), dir: tempfile::tempdir().expect("temp dir") }
+    }
+}
+
+impl Drop for Processes {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -136,9 +136,16 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
             })
         })
         .collect();
+    let meta = node.metrics(crate::cluster::META_GROUP);
+    let metadata = json!({
+        "replicas": cluster.config.meta_members(),
+        "voters": meta.as_ref().map(|m| m.membership_config.membership().voter_ids().filter_map(|v| name(&v)).collect())
+            as Option<Vec<String>>,
+        "leader": meta.as_ref().and_then(|m| m.current_leader.as_ref().and_then(name)),
+    });
     Json(json!({
         "nodes": nodes, "partitions": partitions, "ring_epoch": cluster.placement.epoch(),
-        "config_epoch": cluster.config.epoch, "partitions_moving": moving,
+        "config_epoch": cluster.config.epoch, "partitions_moving": moving, "metadata": metadata,
     }))
     .into_response()
 }

@@ -1,23 +1,26 @@
 //! The cluster configuration and the work that follows it: which nodes are members, where each partition's
 //! replicas belong, and moving replicas there.
 //!
-//! The configuration lives in the **metadata group** ([`META_GROUP`], a Raft group on up to five founding
-//! nodes) under one key, and changes only through that group's leader: a node joins (`--join`, or
-//! `POST /v1/cluster/nodes`) or is decommissioned (`DELETE /v1/cluster/nodes/{id}`); each change appends the new
-//! member list to the history and bumps the epoch. The placement is the ring's: `Placement::new` on the first
-//! member list, then `Placement::rebalance` for each later one, so every node derives the same assignment, and
-//! a change moves exactly the replicas `Placement::diff` names.
+//! The configuration lives in the **metadata group** ([`META_GROUP`], a Raft group on up to five nodes, the
+//! founders at first; a voter that leaves the cluster is replaced by a live member) under one key, and changes
+//! only through that group's leader: a node joins (`--join`, or `POST /v1/cluster/nodes`) or is decommissioned
+//! (`DELETE /v1/cluster/nodes/{id}`); each change appends the new member list to the history and bumps the epoch.
+//! The placement is the ring's: `Placement::new` on the first member list, then `Placement::rebalance` for each
+//! later one, so every node derives the same assignment, and a change moves exactly the replicas `Placement::diff`
+//! names.
 //!
 //! **Moving replicas.** Every node, every 500 ms: fetches the configuration; starts an empty Raft group for each
 //! partition the placement now gives it; for each partition it leads whose voters differ from the placement,
 //! adds the missing replicas as learners, waits until they caught up (a snapshot or the log), then makes the
 //! placement's replicas the voters (one partition at a time per leader: the throttle); and drops (with its data)
-//! any group the placement no longer gives it once that group's leader confirms it is no longer a member.
+//! any group the placement no longer gives it once that group's leader confirms it is no longer a member. The
+//! metadata group moves the same way, towards [`ClusterConfig::meta_members`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use openraft::raft::ReadPolicy;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ServerState;
@@ -34,8 +37,14 @@ pub const META_GROUP: GroupId = u32::MAX - 1;
 pub const META_MAX: usize = 5;
 /// How often a node reconciles its groups with the configuration.
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// Every how many rounds a node that does not lead the metadata group also asks its peers for a newer
+/// configuration (see [`Node::newest_from_peers`]).
+const SURVEY_EVERY: u64 = 10;
 /// How long a new replica may take to catch up before the move is retried.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The same for the metadata group, whose state is small: a new voter that does not catch up in this time is
+/// likely gone, and its leader has other work (every move, every replacement) waiting behind it.
+const META_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One member of the cluster, as the ring sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +65,11 @@ pub struct ClusterConfig {
     pub history: Vec<Vec<Member>>,
     /// How to reach every node ever a member.
     pub addrs: BTreeMap<String, PeerNode>,
+    /// The metadata group's voters once a change has replaced one (a voter decommissioned, or dead and replaced);
+    /// until then (and in configurations recorded before voters were), the founders' rule of
+    /// [`ClusterConfig::founding_meta`].
+    #[serde(default)]
+    pub meta: Option<Vec<String>>,
 }
 
 /// A change to the member list.
@@ -65,6 +79,9 @@ pub enum AdminOp {
     Join { member: Member, addr: PeerNode },
     /// Decommissions a node: its replicas move to the others.
     Remove { id: String },
+    /// Gives the metadata group a live member in place of each voter it has lost, up to its founding size: sent
+    /// by the group's leader when a change left it smaller for want of a live member to take a voter's place.
+    Refill,
 }
 
 /// Why a configuration change was refused. Nothing changed.
@@ -85,20 +102,25 @@ pub enum AdminError {
 impl ClusterConfig {
     /// The configuration of a cluster created from `founders` (epoch 0).
     pub fn founding(founders: Vec<Member>, addrs: BTreeMap<String, PeerNode>, partitions: u32, replicas: u32) -> Self {
-        ClusterConfig { epoch: 0, partitions, replicas, history: vec![founders], addrs }
+        ClusterConfig { epoch: 0, partitions, replicas, history: vec![founders], addrs, meta: None }
     }
 
     pub fn members(&self) -> &[Member] {
         self.history.last().map_or(&[], Vec::as_slice)
     }
 
-    /// The nodes running the metadata group, at most [`META_MAX`] founders, taken from their zones in turn (zones
-    /// by name, founders by id within each). With three zones or more, no zone may hold half of them (a zone's
-    /// loss then leaves a majority), so with unbalanced zones there may be fewer: founders 4/1/1 over three zones
-    /// give three voters, one per zone. With one or two zones (and in clusters founded before zones were given),
-    /// the first five by id, as before. This must never change for a founding list once a cluster has it: every
-    /// node derives the group's voters from it.
+    /// The nodes the metadata group runs on (sorted by id): the recorded voters, else the founders' rule.
     pub fn meta_members(&self) -> Vec<String> {
+        self.meta.clone().unwrap_or_else(|| self.founding_meta())
+    }
+
+    /// The metadata group a cluster is founded with: at most [`META_MAX`] founders, taken from their zones in turn
+    /// (zones by name, founders by id within each). With three zones or more, no zone may hold half of them (a
+    /// zone's loss then leaves a majority), so with unbalanced zones there may be fewer: founders 4/1/1 over three
+    /// zones give three voters, one per zone. With one or two zones (and in clusters founded before zones were
+    /// given), the first five by id, as before. This must never change for a founding list once a cluster has it:
+    /// every node derives the group's first voters from it.
+    pub fn founding_meta(&self) -> Vec<String> {
         let mut zones: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for m in self.history.first().into_iter().flatten() {
             zones.entry(m.zone.as_str()).or_default().push(m.id.as_str());
@@ -151,11 +173,53 @@ impl ClusterConfig {
         Ok(placement)
     }
 
-    /// The configuration after `op`, or `None` if `op` changes nothing.
-    fn apply(&self, op: &AdminOp) -> Result<Option<ClusterConfig>, AdminError> {
+    /// The metadata group's voters for `next`'s member list: the current voters still members, and, in place of
+    /// those that left, members `alive` names that are not voters yet, each from the zone with the fewest voters
+    /// (then by zone name and id), up to the size the cluster was founded with. `None` when the voters stay.
+    fn meta_for(&self, next: &ClusterConfig, alive: &BTreeSet<String>) -> Option<Vec<String>> {
+        let current = self.meta_members();
+        let members = next.members();
+        let mut voters: Vec<String> = current.iter().filter(|v| members.iter().any(|m| &m.id == *v)).cloned().collect();
+        let target = self.founding_meta().len();
+        if voters.len() == current.len() && voters.len() >= target {
+            return None;
+        }
+        let zone_of = |id: &str| members.iter().find(|m| m.id == id).map(|m| m.zone.clone()).unwrap_or_default();
+        let mut candidates: Vec<&Member> =
+            members.iter().filter(|m| alive.contains(&m.id) && !voters.contains(&m.id)).collect();
+        while voters.len() < target {
+            let mut held: BTreeMap<String, usize> = BTreeMap::new();
+            for v in &voters {
+                *held.entry(zone_of(v)).or_default() += 1;
+            }
+            let Some(pick) = candidates
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, m)| (held.get(&m.zone).copied().unwrap_or(0), m.zone.as_str(), m.id.as_str()))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            voters.push(candidates.remove(pick).id.clone());
+        }
+        voters.sort();
+        (voters != current).then_some(voters)
+    }
+
+    /// The configuration after `op`, or `None` if `op` changes nothing. `alive` names the members that may take a
+    /// lost metadata voter's place.
+    fn apply(&self, op: &AdminOp, alive: &BTreeSet<String>) -> Result<Option<ClusterConfig>, AdminError> {
         let mut next = self.clone();
         let mut members = self.members().to_vec();
         match op {
+            AdminOp::Refill => {
+                next.meta = self.meta_for(self, alive);
+                if next.meta.is_none() {
+                    return Ok(None);
+                }
+                next.epoch += 1;
+                return Ok(Some(next));
+            }
             AdminOp::Join { member, addr } => {
                 if self.members().contains(member) && self.addrs.get(&member.id) == Some(addr) {
                     return Ok(None);
@@ -184,6 +248,9 @@ impl ClusterConfig {
         next.history.push(members);
         next.epoch += 1;
         next.placement().map_err(|e| AdminError::Invalid(e.to_string()))?;
+        if let Some(meta) = self.meta_for(&next, alive) {
+            next.meta = Some(meta);
+        }
         Ok(Some(next))
     }
 }
@@ -272,7 +339,7 @@ impl Node {
             return Err(AdminError::Request(RequestError::Unavailable(META_GROUP)));
         }
         let current = self.stored_config()?.unwrap_or_else(|| self.cluster().config.clone());
-        let Some(next) = current.apply(&op)? else { return Ok(current) };
+        let Some(next) = current.apply(&op, &self.fresh_members())? else { return Ok(current) };
         let json = serde_json::to_string(&next).map_err(|e| AdminError::Invalid(e.to_string()))?;
         self.propose(META_GROUP, Op::SetConfig { epoch: next.epoch, json }).await?;
         // An answer means committed, not yet stored here: the stored configuration is read once this replica has
@@ -318,6 +385,26 @@ impl Node {
         }
     }
 
+    /// The newest configuration a peer has in force, if newer than this node's. Every configuration a node puts
+    /// in force was committed by the metadata group, so the newest is safe to take from any member: this is how a
+    /// node learns what changed when its replica of the metadata group hears from no leader (it was removed from
+    /// the group while it was down, and its own log still names it a voter: asked every [`SURVEY_EVERY`] rounds,
+    /// as such a replica may still believe in its last leader) or the group's replicas it knows of cannot be
+    /// reached.
+    async fn newest_from_peers(&self) -> Option<ClusterConfig> {
+        let current = self.cluster().config.clone();
+        let asked = current.addrs.keys().map(|id| raft_id(id)).filter(|r| *r != self.me);
+        let answers = join_all(
+            asked.map(|r| self.peers.call::<_, ClusterConfig>(r, "/internal/config", &(), Duration::from_secs(1))),
+        )
+        .await;
+        answers
+            .into_iter()
+            .flatten()
+            .filter(|c| c.epoch > current.epoch && (c.partitions, c.replicas) == (current.partitions, current.replicas))
+            .max_by_key(|c| c.epoch)
+    }
+
     /// Puts a newer configuration in force here: peers learn new addresses, routing uses the new placement.
     pub(crate) fn install(&self, config: ClusterConfig) {
         if config.epoch <= self.cluster().config.epoch {
@@ -341,9 +428,25 @@ impl Node {
         }
     }
 
+    /// This node and the members membership calls alive and heard from within about their usual interval (phi
+    /// below 1): those that may take a metadata voter's place. (A member killed a moment ago may still be called
+    /// alive; its phi has already grown.)
+    fn fresh_members(&self) -> BTreeSet<String> {
+        let mut fresh: BTreeSet<String> = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|(m, phi)| m.state == rampart_membership::State::Alive && *phi < 1.0)
+            .map(|(m, _)| m.id)
+            .collect();
+        fresh.insert(self.config.id.clone());
+        fresh
+    }
+
     /// On the metadata group's leader: decommissions a member that membership has declared dead for longer than
-    /// `--replace-after-ms`, so its replicas are rebuilt on the others. A founder is decommissioned the same way
-    /// (its partitions' replicas move); the metadata group stays on the founders and runs on those alive.
+    /// `--replace-after-ms`, so its replicas are rebuilt on the others. A voter of the metadata group is
+    /// decommissioned the same way, and a live member takes its place there too (`ClusterConfig::meta_for`), so the
+    /// group keeps its size through one loss after another.
     async fn replace_dead(&self, cluster: &Cluster) {
         let leads_meta =
             self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
@@ -384,14 +487,39 @@ impl Node {
                 Err(e) => tracing::warn!("replacing {id}: {e}"),
             }
         }
+        // A metadata group left smaller than it was founded (no member was fresh enough to take a voter's place)
+        // is filled as soon as one is.
+        let config = &self.cluster().config;
+        if config.meta_for(config, &self.fresh_members()).is_some() {
+            if let Err(e) = self.admin_local(AdminOp::Refill).await {
+                tracing::info!("filling the metadata group: {e}");
+            }
+        }
     }
 
-    /// One round of reconciliation (see the module doc).
-    pub(crate) async fn reconcile(&self) {
-        match self.latest_config().await {
-            Ok(Some(c)) => self.install(c),
-            Ok(None) => {}
-            Err(e) => tracing::debug!("cluster configuration: {e}"),
+    /// One round of reconciliation (see the module doc); `survey`: ask the peers for a newer configuration too.
+    pub(crate) async fn reconcile(&self, survey: bool) {
+        let unreachable = match self.latest_config().await {
+            Ok(Some(c)) => {
+                self.install(c);
+                false
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!("cluster configuration: {e}");
+                true
+            }
+        };
+        let (leaderless, leads_meta) = self.group(META_GROUP).map_or((false, false), |r| {
+            let m = r.metrics();
+            let m = m.borrow_watched();
+            (m.current_leader.is_none(), m.state == ServerState::Leader)
+        });
+        if unreachable || leaderless || (survey && !leads_meta) {
+            if let Some(c) = self.newest_from_peers().await {
+                tracing::info!("cluster configuration {} learnt from a peer", c.epoch);
+                self.install(c);
+            }
         }
         self.replace_dead(&self.cluster()).await;
         let cluster = self.cluster();
@@ -404,9 +532,6 @@ impl Node {
             }
         }
         for (group, raft, quiet) in self.hosted_quiet() {
-            if group == META_GROUP {
-                continue;
-            }
             let (leads, voters, learners) = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
@@ -464,14 +589,15 @@ impl Node {
                 return;
             };
             tracing::info!("partition {group}: adding {} as a learner", node.id);
-            match tokio::time::timeout(CATCH_UP_TIMEOUT, raft.add_learner(*new, node.clone(), true)).await {
+            let catch_up = if group == META_GROUP { META_CATCH_UP_TIMEOUT } else { CATCH_UP_TIMEOUT };
+            match tokio::time::timeout(catch_up, raft.add_learner(*new, node.clone(), true)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::info!("partition {group}: add learner {}: {e}", node.id);
                     return;
                 }
                 Err(_) => {
-                    tracing::info!("partition {group}: {} did not catch up in {CATCH_UP_TIMEOUT:?}", node.id);
+                    tracing::info!("partition {group}: {} did not catch up in {catch_up:?}", node.id);
                     return;
                 }
             }
@@ -524,7 +650,7 @@ impl Node {
 
     /// Answers `/internal/drop/{group}`: drops the group if the placement no longer gives it to this node.
     pub(crate) async fn drop_if_not_mine(&self, group: GroupId) -> bool {
-        if self.cluster().groups_of(self.me).contains(&group) || group == META_GROUP {
+        if self.cluster().groups_of(self.me).contains(&group) {
             return false;
         }
         self.unhost(group).await;
@@ -535,10 +661,10 @@ impl Node {
 /// Reconciles every [`RECONCILE_EVERY`] until the node is gone.
 pub(crate) async fn reconcile_loop(node: std::sync::Weak<Node>) {
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
-    loop {
+    for round in 1u64.. {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        node.reconcile().await;
+        node.reconcile(round % SURVEY_EVERY == 0).await;
     }
 }
 
@@ -571,5 +697,47 @@ mod tests {
         // Two zones cannot avoid a zone holding half: the first five by id.
         let two = founded(&[("n0", "a"), ("n1", "a"), ("n2", "a"), ("n3", "b"), ("n4", "b"), ("n5", "b")]);
         assert_eq!(two.meta_members(), ["n0", "n1", "n2", "n3", "n4"]);
+    }
+
+    /// A metadata voter that leaves is replaced by a live member from the zone with the fewest voters; with none
+    /// alive the group runs smaller and is filled again by a later change; other changes leave the voters alone.
+    #[test]
+    fn a_lost_metadata_voter_is_replaced_by_a_live_member() {
+        let ids = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| (*s).to_owned()).collect() };
+        let join = |id: &str, zone: &str| AdminOp::Join {
+            member: Member { id: id.into(), zone: zone.into(), weight: 100 },
+            addr: PeerNode { id: id.into(), peer: format!("{id}:1"), http: format!("{id}:2") },
+        };
+        let remove = |id: &str| AdminOp::Remove { id: id.into() };
+        let everyone = ids(&["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"]);
+        let zoned = founded(&[("n0", "a"), ("n1", "a"), ("n2", "a"), ("n3", "b"), ("n4", "b"), ("n5", "c")]);
+        let grown = zoned.apply(&join("n6", "c"), &everyone).unwrap().unwrap();
+        assert_eq!(grown.meta, None, "a join keeps the founders' voters");
+        let shrunk = grown.apply(&remove("n2"), &everyone).unwrap().unwrap();
+        assert_eq!(shrunk.meta, None, "n2 is no voter");
+
+        // Zone a is lost: n0 leaves; n6 (zone c, alive) takes its place, not n2 (zone a, dead).
+        let zone_b_c = ids(&["n3", "n4", "n5", "n6"]);
+        let replaced = grown.apply(&remove("n0"), &zone_b_c).unwrap().unwrap();
+        assert_eq!(replaced.meta_members(), ["n1", "n3", "n4", "n5", "n6"]);
+        // With no live member to spare the group runs on four, and the next join brings it back to five.
+        let four = zoned.apply(&remove("n0"), &ids(&["n3", "n4", "n5"])).unwrap().unwrap();
+        assert_eq!(four.meta_members(), ["n1", "n3", "n4", "n5"]);
+        let five = four.apply(&join("n7", "a"), &ids(&["n3", "n4", "n5", "n7"])).unwrap().unwrap();
+        assert_eq!(five.meta_members(), ["n1", "n3", "n4", "n5", "n7"]);
+        // Or its leader fills it once a member is fresh again: the voters change, the members do not.
+        assert_eq!(four.apply(&AdminOp::Refill, &ids(&["n3", "n4", "n5"])).unwrap(), None);
+        let refilled = four.apply(&AdminOp::Refill, &ids(&["n2", "n3", "n4", "n5"])).unwrap().unwrap();
+        assert_eq!(refilled.meta_members(), ["n1", "n2", "n3", "n4", "n5"]);
+        assert_eq!((refilled.epoch, &refilled.history), (four.epoch + 1, &four.history));
+        assert_eq!(five.apply(&AdminOp::Refill, &everyone).unwrap(), None, "a full group stays as it is");
+        // The recorded voters survive the configuration's JSON, and a configuration recorded without them reads
+        // as the founders' rule.
+        let json = serde_json::to_string(&five).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterConfig>(&json).unwrap(), five);
+        let mut legacy: serde_json::Value = serde_json::to_value(&zoned).unwrap();
+        legacy.as_object_mut().unwrap().remove("meta");
+        let legacy: ClusterConfig = serde_json::from_value(legacy).unwrap();
+        assert_eq!(legacy.meta_members(), zoned.founding_meta());
     }
 }

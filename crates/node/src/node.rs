@@ -266,7 +266,9 @@ impl Node {
         });
         // The metadata group first: its stored configuration (newer than the founding one after a change)
         // decides the rest.
-        if first.groups_of(me).contains(&META_GROUP) {
+        // (A node that became a voter of the metadata group after the founding has it on disk.)
+        let stored = node.store.stored_groups()?;
+        if first.groups_of(me).contains(&META_GROUP) || stored.contains(&META_GROUP) {
             node.host(META_GROUP).await?;
             if let Ok(Some(c)) = node.stored_config() {
                 node.install(c);
@@ -274,7 +276,6 @@ impl Node {
         }
         // The placement's groups, and every group with state on disk: a voter restarted in the middle of a move
         // keeps serving until its group's leader confirms it was removed (reconcile drops it then).
-        let stored = node.store.stored_groups()?;
         for group in node.cluster().groups_of(me).into_iter().chain(stored) {
             if node.group(group).is_none() {
                 node.host(group).await?;
@@ -884,6 +885,7 @@ fn peer_router(node: Arc<Node>) -> Router {
         .route("/internal/admin-local", post(admin_local_rpc))
         .route("/internal/members/{group}", post(members_rpc))
         .route("/internal/drop/{group}", post(drop_rpc))
+        .route("/internal/config", post(config_rpc))
         .route("/internal/quiesce", post(quiesce_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(node.clone(), require_cluster_token))
@@ -1006,6 +1008,11 @@ async fn members_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>) 
 
 async fn drop_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>) -> Response {
     postcard_response(&node.drop_if_not_mine(group).await)
+}
+
+/// The configuration in force on this node.
+async fn config_rpc(State(node): State<Arc<Node>>) -> Response {
+    postcard_response(&node.cluster().config)
 }
 
 #[cfg(test)]

@@ -96,19 +96,27 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             n["phi"]
         ));
     }
+    let meta = &v["metadata"];
+    out.push_str(&format!("\nmetadata group: {}\n", starred(&meta["replicas"], &meta["leader"])));
     out.push_str("\npartitions (replicas in preference order; * leader; ~ moving)\n");
     for p in v["partitions"].as_array().into_iter().flatten() {
-        let leader = p["leader"].as_str().unwrap_or("");
-        let replicas: Vec<String> = p["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_str())
-            .map(|r| if r == leader { format!("{r}*") } else { r.to_owned() })
-            .collect();
         let moving = if p["moving"] == true { " ~" } else { "" };
-        out.push_str(&format!("  {:>4}  {}  term {}{moving}\n", p["id"], replicas.join(" "), p["term"]));
+        let replicas = starred(&p["replicas"], &p["leader"]);
+        out.push_str(&format!("  {:>4}  {replicas}  term {}{moving}\n", p["id"], p["term"]));
     }
     crate::output::print(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A group's replicas, space-separated, its leader marked with `*`.
+fn starred(replicas: &serde_json::Value, leader: &serde_json::Value) -> String {
+    let leader = leader.as_str().unwrap_or("");
+    let names: Vec<String> = replicas
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str())
+        .map(|r| if r == leader { format!("{r}*") } else { r.to_owned() })
+        .collect();
+    names.join(" ")
 }

@@ -393,7 +393,16 @@ impl Node {
     /// reached.
     async fn newest_from_peers(&self) -> Option<ClusterConfig> {
         let current = self.cluster().config.clone();
-        let asked = current.addrs.keys().map(|id| raft_id(id)).filter(|r| *r != self.me);
+        // The members (not every node ever one: a decommissioned machine may be gone, and each call to it would
+        // wait out the timeout).
+        let asked: BTreeSet<RaftId> = current
+            .members()
+            .iter()
+            .map(|m| raft_id(&m.id))
+            .chain(current.meta_members().iter().map(|id| raft_id(id)))
+            .filter(|r| *r != self.me)
+            .collect();
+        let asked = asked.into_iter();
         let answers = join_all(
             asked.map(|r| self.peers.call::<_, ClusterConfig>(r, "/internal/config", &(), Duration::from_secs(1))),
         )

@@ -27,6 +27,7 @@ use openraft::ServerState;
 use rampart_ring::{Node as RingNode, NodeId as RingNodeId, PartitionId, Placement, PlacementConfig, Zone};
 use serde::{Deserialize, Serialize};
 
+use crate::network::CallError;
 use crate::node::{Node, Read, ReadResult, RequestError};
 use crate::store::CONFIG_KEY;
 use crate::types::{raft_id, GroupId, Op, PeerNode, RaftId};
@@ -314,7 +315,15 @@ impl Node {
                 Ok(Ok(c)) => return Ok(c),
                 Ok(Err(AdminError::Request(e))) => last = AdminError::Request(e),
                 Ok(Err(e)) => return Err(e),
-                Err(e) => last = AdminError::Invalid(format!("metadata group unreachable: {e}")),
+                // Not delivered (or refused before it was read): the next node may take it.
+                Err(CallError::Connect(..) | CallError::UnknownPeer(_) | CallError::Status(..)) => {
+                    last = AdminError::Request(RequestError::Unavailable(META_GROUP));
+                }
+                // It may have reached the leader and committed: another node could apply it twice.
+                Err(e) => {
+                    tracing::info!("configuration change {op:?}: {e}");
+                    return Err(AdminError::Request(RequestError::Indeterminate(META_GROUP)));
+                }
             }
         }
         Err(last)

@@ -184,18 +184,27 @@ impl Node {
                 (ClusterConfig::founding(founders, addrs, config.partitions, config.replicas), seeds)
             }
             Bootstrap::Join(addr) => {
-                // Ask a member to add this node; the answer is the configuration that holds it.
-                let op = AdminOp::Join { member: this.clone(), addr: this_addr.clone() };
-                let answer: Result<ClusterConfig, AdminError> = Peers::call_addr(
-                    *addr,
-                    "/internal/admin",
-                    &op,
-                    Duration::from_secs(90),
-                    config.cluster_token.as_ref(),
-                )
-                .await
-                .map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
-                let joined = answer.map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
+                // A member restarting as it was (same entry, same addresses) takes the configuration the member it
+                // names has in force: it may be a voter of the metadata group that the group needs for its quorum,
+                // and a request to add it could then never be answered. Anyone else asks to be added; the answer is
+                // the configuration that holds it.
+                let token = config.cluster_token.as_ref();
+                let known: Option<ClusterConfig> =
+                    Peers::call_addr(*addr, "/internal/config", &(), Duration::from_secs(5), token).await.ok();
+                let known = known.filter(|c: &ClusterConfig| {
+                    c.members().contains(&this) && c.addrs.get(&config.id) == Some(&this_addr)
+                });
+                let joined = match known {
+                    Some(c) => c,
+                    None => {
+                        let op = AdminOp::Join { member: this.clone(), addr: this_addr.clone() };
+                        let answer: Result<ClusterConfig, AdminError> =
+                            Peers::call_addr(*addr, "/internal/admin", &op, Duration::from_secs(90), token)
+                                .await
+                                .map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?;
+                        answer.map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?
+                    }
+                };
                 if (joined.partitions, joined.replicas) != shape {
                     return Err(StartError::Mismatch(format!(
                         "the cluster has {} partitions x {} replicas; start this node with --partitions {} --replicas {}",

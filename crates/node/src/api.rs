@@ -206,6 +206,7 @@ fn admin_answer(r: Result<crate::cluster::ClusterConfig, crate::cluster::AdminEr
         Err(e @ (AdminError::TooFew(_) | AdminError::IdInUse(_))) => {
             error(StatusCode::CONFLICT, "refused", e.to_string())
         }
+        Err(e @ AdminError::LastMetaVoter(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
         Err(AdminError::Invalid(m)) => error(StatusCode::BAD_REQUEST, "invalid_request", m),
         Err(AdminError::Request(e)) => request_error(e),
     }

@@ -38,8 +38,8 @@ pub const META_GROUP: GroupId = u32::MAX - 1;
 pub const META_MAX: usize = 5;
 /// How often a node reconciles its groups with the configuration.
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
-/// Every how many rounds a node that does not lead the metadata group also asks its peers for a newer
-/// configuration (see [`Node::newest_from_peers`]).
+/// Every how many rounds a node that runs a replica of the metadata group, but does not lead it, also asks the
+/// members for a newer configuration (see [`Node::newest_from_peers`]).
 const SURVEY_EVERY: u64 = 10;
 /// How long a new replica may take to catch up before the move is retried.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,6 +94,8 @@ pub enum AdminError {
     TooFew(String),
     #[error("{0} is a member at another peer address; decommission it first")]
     IdInUse(String),
+    #[error("{0} is the metadata group's last voter and no live member can take its place yet; retry once one is up")]
+    LastMetaVoter(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -250,6 +252,11 @@ impl ClusterConfig {
         next.epoch += 1;
         next.placement().map_err(|e| AdminError::Invalid(e.to_string()))?;
         if let Some(meta) = self.meta_for(&next, alive) {
+            if meta.is_empty() {
+                // The configuration would live in a group with no voter: nobody could change it again.
+                let AdminOp::Remove { id } = op else { return Err(AdminError::Invalid("no metadata voter".into())) };
+                return Err(AdminError::LastMetaVoter(id.clone()));
+            }
             next.meta = Some(meta);
         }
         Ok(Some(next))
@@ -309,10 +316,17 @@ impl Node {
         for target in targets {
             match self
                 .peers
-                .call::<_, Result<ClusterConfig, AdminError>>(target, "/internal/admin", &op, Duration::from_secs(90))
+                .call::<_, Result<ClusterConfig, AdminError>>(
+                    target,
+                    "/internal/admin-local",
+                    &op,
+                    Duration::from_secs(90),
+                )
                 .await
             {
                 Ok(Ok(c)) => return Ok(c),
+                // The leader proposed it and cannot tell whether it committed: not for another node to repeat.
+                Ok(Err(e @ AdminError::Request(RequestError::Indeterminate(_)))) => return Err(e),
                 Ok(Err(AdminError::Request(e))) => last = AdminError::Request(e),
                 Ok(Err(e)) => return Err(e),
                 // Not delivered (or refused before it was read): the next node may take it.
@@ -528,12 +542,14 @@ impl Node {
                 true
             }
         };
-        let (leaderless, leads_meta) = self.group(META_GROUP).map_or((false, false), |r| {
+        // A node without a replica of the metadata group reads the configuration through it every round; one with a
+        // replica reads its own, which only the survey can show to be stale.
+        let (leaderless, follows_meta) = self.group(META_GROUP).map_or((false, false), |r| {
             let m = r.metrics();
             let m = m.borrow_watched();
-            (m.current_leader.is_none(), m.state == ServerState::Leader)
+            (m.current_leader.is_none(), m.state != ServerState::Leader)
         });
-        if unreachable || leaderless || (survey && !leads_meta) {
+        if unreachable || leaderless || (survey && follows_meta) {
             if let Some(c) = self.newest_from_peers().await {
                 tracing::info!("cluster configuration {} learnt from a peer", c.epoch);
                 self.install(c);
@@ -601,13 +617,13 @@ impl Node {
         target: &BTreeSet<RaftId>,
     ) {
         let nodes = self.peers.nodes();
+        let catch_up = if group == META_GROUP { META_CATCH_UP_TIMEOUT } else { CATCH_UP_TIMEOUT };
         for new in target.iter().filter(|t| !voters.contains(t)) {
             let Some(node) = nodes.get(new) else {
                 tracing::warn!("partition {group}: no address for replica {new}");
                 return;
             };
             tracing::info!("partition {group}: adding {} as a learner", node.id);
-            let catch_up = if group == META_GROUP { META_CATCH_UP_TIMEOUT } else { CATCH_UP_TIMEOUT };
             match tokio::time::timeout(catch_up, raft.add_learner(*new, node.clone(), true)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -620,7 +636,15 @@ impl Node {
                 }
             }
         }
-        match raft.change_membership(target.clone(), false).await {
+        // A joint configuration whose new voters died after catching up cannot commit: the next round looks again.
+        let changed = match tokio::time::timeout(catch_up, raft.change_membership(target.clone(), false)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::info!("partition {group}: the change of replicas did not commit in {catch_up:?}");
+                return;
+            }
+        };
+        match changed {
             Ok(_) => {
                 tracing::info!(
                     "partition {group}: replicas are now {:?}",
@@ -738,7 +762,7 @@ mod tests {
         let zone_b_c = ids(&["n3", "n4", "n5", "n6"]);
         let replaced = grown.apply(&remove("n0"), &zone_b_c).unwrap().unwrap();
         assert_eq!(replaced.meta_members(), ["n1", "n3", "n4", "n5", "n6"]);
-        // With no live member to spare the group runs on four, and the next join brings it back to five.
+        // With no live member to spare the group runs on four, and a later change brings it back to five.
         let four = zoned.apply(&remove("n0"), &ids(&["n3", "n4", "n5"])).unwrap().unwrap();
         assert_eq!(four.meta_members(), ["n1", "n3", "n4", "n5"]);
         let five = four.apply(&join("n7", "a"), &ids(&["n3", "n4", "n5", "n7"])).unwrap().unwrap();
@@ -749,6 +773,17 @@ mod tests {
         assert_eq!(refilled.meta_members(), ["n1", "n2", "n3", "n4", "n5"]);
         assert_eq!((refilled.epoch, &refilled.history), (four.epoch + 1, &four.history));
         assert_eq!(five.apply(&AdminOp::Refill, &everyone).unwrap(), None, "a full group stays as it is");
+        // Its last voter leaves only for a live member: a group with no voter could never change again.
+        let alone = ClusterConfig::founding(
+            vec![Member { id: "n0".into(), zone: "a".into(), weight: 100 }],
+            BTreeMap::new(),
+            8,
+            1,
+        );
+        let two = alone.apply(&join("n1", "a"), &everyone).unwrap().unwrap();
+        assert_eq!(two.meta_members(), ["n0"]);
+        assert_eq!(two.apply(&remove("n0"), &ids(&["n0"])), Err(AdminError::LastMetaVoter("n0".into())));
+        assert_eq!(two.apply(&remove("n0"), &ids(&["n1"])).unwrap().unwrap().meta_members(), ["n1"]);
         // The recorded voters survive the configuration's JSON, and a configuration recorded without them reads
         // as the founders' rule.
         let json = serde_json::to_string(&five).unwrap();

@@ -191,8 +191,12 @@ impl Node {
                 let token = config.cluster_token.as_ref();
                 let known: Option<ClusterConfig> =
                     Peers::call_addr(*addr, "/internal/config", &(), Duration::from_secs(5), token).await.ok();
+                // (A founder's entry knows no HTTP address until the node itself announces one.)
                 let known = known.filter(|c: &ClusterConfig| {
-                    c.members().contains(&this) && c.addrs.get(&config.id) == Some(&this_addr)
+                    c.members().contains(&this)
+                        && c.addrs.get(&config.id).is_some_and(|a| {
+                            a.peer == this_addr.peer && (a.http.is_empty() || a.http == this_addr.http)
+                        })
                 });
                 let joined = match known {
                     Some(c) => c,

@@ -437,6 +437,28 @@ impl Node {
             .max_by_key(|c| c.epoch)
     }
 
+    /// Records the configuration in force in the store, if it is newer than the one recorded: a restart starts from
+    /// it, even when no member it could ask is up.
+    async fn record_config(&self) {
+        let config = self.cluster().config.clone();
+        let recorded = self.recorded_epoch.lock().ok().and_then(|r| *r);
+        if recorded.is_some_and(|e| e >= config.epoch) {
+            return;
+        }
+        let stored = match serde_json::to_string(&config) {
+            Ok(json) => self.store.set_config_record(json).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match stored {
+            Ok(()) => {
+                if let Ok(mut r) = self.recorded_epoch.lock() {
+                    *r = Some(config.epoch);
+                }
+            }
+            Err(e) => tracing::warn!("recording configuration {}: {e}", config.epoch),
+        }
+    }
+
     /// Puts a newer configuration in force here: peers learn new addresses, routing uses the new placement.
     pub(crate) fn install(&self, config: ClusterConfig) {
         if config.epoch <= self.cluster().config.epoch {
@@ -555,6 +577,7 @@ impl Node {
                 self.install(c);
             }
         }
+        self.record_config().await;
         self.replace_dead(&self.cluster()).await;
         let cluster = self.cluster();
         let mine = cluster.groups_of(self.me);

@@ -73,16 +73,25 @@ pub enum StartError {
     Bind(std::net::SocketAddr, std::io::Error),
 }
 
+/// How errors and logs name a group.
+fn group_name(group: GroupId) -> String {
+    if group == META_GROUP {
+        "the metadata group".into()
+    } else {
+        format!("partition {group}")
+    }
+}
+
 /// Why a request could not be served. Each maps to one HTTP answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RequestError {
     /// The partition has no leader right now (election under way, or no quorum). Nothing was applied; retrying
     /// is safe.
-    #[error("partition {0} has no leader; retry shortly")]
+    #[error("{} has no leader; retry shortly", group_name(*.0))]
     Unavailable(GroupId),
     /// The write reached a leader that stopped answering (crashed, lost its quorum, timed out): it may or may
     /// not have been applied. Retrying is safe only for an idempotent request.
-    #[error("partition {0}: the write may or may not have been applied")]
+    #[error("{}: the write may or may not have been applied", group_name(*.0))]
     Indeterminate(GroupId),
     /// Storage failed on the serving node.
     #[error("storage failure: {0}")]
@@ -107,6 +116,8 @@ pub struct Node {
     pub(crate) admin_lock: tokio::sync::Mutex<()>,
     /// On the metadata leader: members membership declared dead, and since when.
     pub(crate) dead_since: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
+    /// The epoch of the configuration last recorded in the store (see `Node::record_config`).
+    pub(crate) recorded_epoch: std::sync::Mutex<Option<u64>>,
     /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
     pub proposed: Arc<ProposeStats>,
     /// Latency of the HTTP API's requests (for `/metrics`).
@@ -164,6 +175,8 @@ impl Node {
         let this = Member { id: config.id.clone(), zone: config.zone.clone(), weight: config.weight };
         let this_addr =
             PeerNode { id: config.id.clone(), peer: config.peer.to_string(), http: config.http.to_string() };
+        // The configuration this node last had in force, if it ran before.
+        let recorded: Option<ClusterConfig> = store.config_record()?.and_then(|json| serde_json::from_str(&json).ok());
         let (cluster_config, seeds) = match &config.bootstrap {
             Bootstrap::Initial(members) => {
                 // Every founder must derive the same first configuration from the same list, so founders are placed
@@ -184,20 +197,22 @@ impl Node {
                 (ClusterConfig::founding(founders, addrs, config.partitions, config.replicas), seeds)
             }
             Bootstrap::Join(addr) => {
-                // A member restarting as it was (same entry, same addresses) takes the configuration the member it
-                // names has in force: it may be a voter of the metadata group that the group needs for its quorum,
-                // and a request to add it could then never be answered. Anyone else asks to be added; the answer is
-                // the configuration that holds it.
+                // A member restarting as it was (same entry, same peer address) takes the newest configuration
+                // of the one the member it names has in force and the one it recorded itself: it may be a voter of
+                // the metadata group that the group needs for its quorum, and a request to add it could then never
+                // be answered (nor, with the member it names down, even sent). Anyone else asks to be added; the
+                // answer is the configuration that holds it.
                 let token = config.cluster_token.as_ref();
                 let known: Option<ClusterConfig> =
                     Peers::call_addr(*addr, "/internal/config", &(), Duration::from_secs(5), token).await.ok();
                 // (A founder's entry knows no HTTP address until the node itself announces one.)
-                let known = known.filter(|c: &ClusterConfig| {
+                let holds_me = |c: &ClusterConfig| {
                     c.members().contains(&this)
                         && c.addrs.get(&config.id).is_some_and(|a| {
                             a.peer == this_addr.peer && (a.http.is_empty() || a.http == this_addr.http)
                         })
-                });
+                };
+                let known = known.into_iter().chain(recorded.clone()).filter(holds_me).max_by_key(|c| c.epoch);
                 let joined = match known {
                     Some(c) => c,
                     None => {
@@ -271,6 +286,7 @@ impl Node {
             raft_config,
             admin_lock: tokio::sync::Mutex::new(()),
             dead_since: tokio::sync::Mutex::new(BTreeMap::new()),
+            recorded_epoch: std::sync::Mutex::new(None),
             proposed: Arc::default(),
             snapshots_in: Default::default(),
             peer_refused: Default::default(),
@@ -286,6 +302,9 @@ impl Node {
             if let Ok(Some(c)) = node.stored_config() {
                 node.install(c);
             }
+        }
+        if let Some(c) = recorded {
+            node.install(c);
         }
         // The placement's groups, and every group with state on disk: a voter restarted in the middle of a move
         // keeps serving until its group's leader confirms it was removed (reconcile drops it then).

@@ -391,12 +391,27 @@ impl Store {
 
     /// Records the (partitions, replicas) of the cluster.
     pub async fn set_cluster_shape(&self, shape: (u32, u32)) -> io::Result<()> {
-        let bytes = encode(&shape)?;
+        self.put_node_meta("shape", &shape).await
+    }
+
+    /// Records one of this node's own facts (durably, in the writer's next transaction).
+    async fn put_node_meta<T: Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {
+        let bytes = encode(value)?;
         self.write(Box::new(move |txn| {
-            txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, "shape"), bytes.as_slice()).map_err(other)?;
+            txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, key), bytes.as_slice()).map_err(other)?;
             Ok(())
         }))
         .await
+    }
+
+    /// The latest cluster configuration this node had in force (as JSON), if it recorded one.
+    pub fn config_record(&self) -> io::Result<Option<String>> {
+        self.read_meta(SHAPE_GROUP, "config")
+    }
+
+    /// Records the configuration in force (as JSON, which reads back across versions of its fields).
+    pub async fn set_config_record(&self, json: String) -> io::Result<()> {
+        self.put_node_meta("config", &json).await
     }
 
     /// The founding members this node's cluster was created with, as the node recorded them when it bootstrapped.
@@ -406,12 +421,7 @@ impl Store {
 
     /// Records the founding members.
     pub async fn set_founders(&self, founders: &[Member]) -> io::Result<()> {
-        let bytes = encode(&founders)?;
-        self.write(Box::new(move |txn| {
-            txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, "founders"), bytes.as_slice()).map_err(other)?;
-            Ok(())
-        }))
-        .await
+        self.put_node_meta("founders", &founders).await
     }
 
     /// Whether this node initialized its founding groups once (a node never initializes a group twice: a group
@@ -421,13 +431,7 @@ impl Store {
     }
 
     pub async fn set_bootstrapped(&self) -> io::Result<()> {
-        let bytes = encode(&true)?;
-        self.write(Box::new(move |txn| {
-            let mut meta = txn.open_table(META).map_err(other)?;
-            meta.insert((SHAPE_GROUP, "bootstrapped"), bytes.as_slice()).map_err(other)?;
-            Ok(())
-        }))
-        .await
+        self.put_node_meta("bootstrapped", &true).await
     }
 
     /// The groups with any stored state (a vote, log, or state machine).

@@ -3,9 +3,9 @@
 //! replacement delay, its replicas are rebuilt on the others and its metadata vote goes to the live node that had
 //! none; it comes back holding nothing. Then a second founder is killed: the metadata group, no longer on the
 //! founders alone, still has a majority, takes the first one back and replaces the second; with two of its three
-//! voters down, the one that joined restarts with `--join` and gives it its majority back. Only the replicas the
-//! ring names move, the voters of every partition end up as the placement says, and every acknowledged write
-//! stays readable.
+//! voters down, the one that joined restarts with `--join` (naming a member that is down) and gives it its
+//! majority back. Only the replicas the ring names move, the voters of every partition end up as the placement
+//! says, and every acknowledged write stays readable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -242,15 +242,15 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     all_readable(2, &written);
     put(3, "grow-after", "two-founders-lost");
 
-    // Two of the three metadata voters go down; n3, which joined, comes back with `--join`: it takes the
-    // configuration n2 has in force rather than asking to be added (a request the group, one voter of three,
-    // could not answer) and restores the group's majority and every partition's.
+    // Two of the three metadata voters go down; n3, which joined, comes back with `--join` naming n1, which is
+    // down too: it starts from the configuration it recorded rather than asking to be added (a request the group,
+    // one voter of three, could not answer) and restores the group's majority and every partition's.
     for i in [1, 3] {
         let child = &mut nodes.children[i];
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
     }
-    start(&mut nodes, 3, &["--join", &peer(2)]);
+    start(&mut nodes, 3, &["--join", &peer(1)]);
     // The group answers again: removing an unknown node is refused only after a read its majority confirms.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -108,6 +108,17 @@ impl ClusterConfig {
         ClusterConfig { epoch: 0, partitions, replicas, history: vec![founders], addrs, meta: None }
     }
 
+    /// Whether `other` is a configuration of the same cluster: the same shape and the same founders at the same
+    /// peer addresses (what `--initial-cluster` gave every founder). A data directory reused for another cluster
+    /// must not bring that cluster's configuration along.
+    pub fn same_cluster(&self, other: &ClusterConfig) -> bool {
+        let founders = |c: &ClusterConfig| -> Vec<(Member, Option<String>)> {
+            let first = c.history.first().map_or(&[][..], Vec::as_slice);
+            first.iter().map(|m| (m.clone(), c.addrs.get(&m.id).map(|a| a.peer.clone()))).collect()
+        };
+        (self.partitions, self.replicas) == (other.partitions, other.replicas) && founders(self) == founders(other)
+    }
+
     pub fn members(&self) -> &[Member] {
         self.history.last().map_or(&[], Vec::as_slice)
     }
@@ -326,7 +337,9 @@ impl Node {
             {
                 Ok(Ok(c)) => return Ok(c),
                 // The leader proposed it and cannot tell whether it committed: not for another node to repeat.
-                Ok(Err(e @ AdminError::Request(RequestError::Indeterminate(_)))) => return Err(e),
+                Ok(Err(e @ AdminError::Request(RequestError::Indeterminate(_) | RequestError::Internal(_)))) => {
+                    return Err(e)
+                }
                 Ok(Err(AdminError::Request(e))) => last = AdminError::Request(e),
                 Ok(Err(e)) => return Err(e),
                 // Not delivered (or refused before it was read): the next node may take it.
@@ -372,14 +385,18 @@ impl Node {
         if !matches!(applied, Ok(Ok(_))) {
             return Err(AdminError::Request(RequestError::Indeterminate(META_GROUP)));
         }
-        match self.stored_config()? {
+        // From here on the change may have committed: a failure is an unknown outcome, not a refusal.
+        let indeterminate = AdminError::Request(RequestError::Indeterminate(META_GROUP));
+        match self.stored_config() {
             // This change itself, not another one that took the same epoch first.
-            Some(c) if c == next => {
+            Ok(Some(c)) if c == next => {
                 self.install(c.clone());
                 Ok(c)
             }
             // Another configuration won the epoch: nothing of this change was applied.
-            _ => Err(AdminError::Request(RequestError::Unavailable(META_GROUP))),
+            Ok(Some(c)) if c.epoch == next.epoch => Err(AdminError::Request(RequestError::Unavailable(META_GROUP))),
+            // Later changes (under other leaders) may have followed this one.
+            _ => Err(indeterminate),
         }
     }
 
@@ -433,7 +450,7 @@ impl Node {
         answers
             .into_iter()
             .flatten()
-            .filter(|c| c.epoch > current.epoch && (c.partitions, c.replicas) == (current.partitions, current.replicas))
+            .filter(|c| c.epoch > current.epoch && current.same_cluster(c))
             .max_by_key(|c| c.epoch)
     }
 
@@ -807,6 +824,15 @@ mod tests {
         assert_eq!(two.meta_members(), ["n0"]);
         assert_eq!(two.apply(&remove("n0"), &ids(&["n0"])), Err(AdminError::LastMetaVoter("n0".into())));
         assert_eq!(two.apply(&remove("n0"), &ids(&["n1"])).unwrap().unwrap().meta_members(), ["n1"]);
+        // A configuration is known as its cluster's by its shape and founders, whatever happened since.
+        assert!(zoned.same_cluster(&replaced) && replaced.same_cluster(&zoned));
+        assert!(!zoned.same_cluster(&ClusterConfig { partitions: 16, ..zoned.clone() }));
+        assert!(!zoned.same_cluster(&alone));
+        let mut elsewhere = zoned.clone();
+        elsewhere
+            .addrs
+            .insert("n0".into(), PeerNode { id: "n0".into(), peer: "10.0.0.9:7201".into(), http: "".into() });
+        assert!(!zoned.same_cluster(&elsewhere), "the same ids at other peer addresses are another cluster");
         // The recorded voters survive the configuration's JSON, and a configuration recorded without them reads
         // as the founders' rule.
         let json = serde_json::to_string(&five).unwrap();

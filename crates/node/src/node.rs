@@ -212,7 +212,10 @@ impl Node {
                             a.peer == this_addr.peer && (a.http.is_empty() || a.http == this_addr.http)
                         })
                 };
-                let known = known.into_iter().chain(recorded.clone()).filter(holds_me).max_by_key(|c| c.epoch);
+                // The newest of the two decides: if it no longer holds this node (decommissioned while it was
+                // down), `--join` asks to be added again. A record of another cluster counts for nothing.
+                let recorded = recorded.clone().filter(|r| known.as_ref().is_none_or(|k| k.same_cluster(r)));
+                let known = known.into_iter().chain(recorded).max_by_key(|c| c.epoch).filter(holds_me);
                 let joined = match known {
                     Some(c) => c,
                     None => {
@@ -230,7 +233,19 @@ impl Node {
                         joined.partitions, joined.replicas, joined.partitions, joined.replicas
                     )));
                 }
-                (joined, vec![*addr])
+                // Gossip starts from the member named and every member the configuration knows (the one named
+                // may be down).
+                let mut seeds = vec![*addr];
+                seeds.extend(
+                    joined
+                        .members()
+                        .iter()
+                        .filter(|m| m.id != config.id)
+                        .filter_map(|m| joined.addrs.get(&m.id)?.peer.parse::<std::net::SocketAddr>().ok()),
+                );
+                seeds.sort();
+                seeds.dedup();
+                (joined, seeds)
             }
         };
         if matches!(config.bootstrap, Bootstrap::Initial(_)) {
@@ -273,7 +288,10 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Raft(format!("membership: {e}")))?,
         );
-        let founding = cluster.config.epoch == 0 && !store.bootstrapped()?;
+        // (A node that recorded a later configuration has run in the cluster since it was founded.)
+        let founding = cluster.config.epoch == 0
+            && !store.bootstrapped()?
+            && recorded.as_ref().is_none_or(|r| r.epoch == 0 || !cluster.config.same_cluster(r));
         let first = Arc::new(cluster);
         let node = Arc::new(Node {
             config,
@@ -303,7 +321,7 @@ impl Node {
                 node.install(c);
             }
         }
-        if let Some(c) = recorded {
+        if let Some(c) = recorded.filter(|r| first.config.same_cluster(r)) {
             node.install(c);
         }
         // The placement's groups, and every group with state on disk: a voter restarted in the middle of a move
@@ -332,8 +350,9 @@ impl Node {
         }
         if founding {
             // A fresh cluster: the first replica of each group creates it with the founding replicas. Never again
-            // after this (a group this node leaves and rejoins is rebuilt by its leader).
-            let cluster = node.cluster();
+            // after this (a group this node leaves and rejoins is rebuilt by its leader). The founding placement,
+            // whatever configuration is in force by now.
+            let cluster = first.clone();
             for group in cluster.groups_of(me) {
                 let replicas = cluster.replicas(group);
                 let Some(raft) = node.group(group) else { continue };
@@ -348,7 +367,7 @@ impl Node {
                     tracing::warn!("partition {group}: initialize: {e}");
                 }
             }
-            let founders = node.cluster().config.history.first().cloned().unwrap_or_default();
+            let founders = first.config.history.first().cloned().unwrap_or_default();
             node.store.set_founders(&founders).await?;
             node.store.set_bootstrapped().await?;
         }

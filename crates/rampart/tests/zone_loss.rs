@@ -184,24 +184,35 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
     // n0 restarted on its data with a founding list that moves it to another zone is refused: the founders'
     // zones decide every placement since the cluster was created.
     let moved = founding_list(|i| if i == 0 { "zone-b" } else { zone(i) });
-    let mut restarted = serve(nodes.dir.path(), 0, &moved)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rampart serve runs");
+    let stderr = refused(serve(nodes.dir.path(), 0, &moved));
+    assert!(stderr.contains("n0@zone-a:100") && stderr.contains("n0@zone-b:100"), "{stderr}");
+    // So is n1 (still a member, in zone-a) restarted with `--join` and no `--zone`: it would move to the default
+    // zone and its replicas with it. It is told the zone to give.
+    let mut join = Command::new(env!("CARGO_BIN_EXE_rampart"));
+    join.args(["serve", "--id", "n1", "--http", &http_addr(1).to_string(), "--peer", &peer(1)])
+        .arg("--data-dir")
+        .arg(nodes.dir.path().join("n1"))
+        .args(["--join", &peer(3), "--partitions", &PARTITIONS.to_string()]);
+    let stderr = refused(join);
+    assert!(stderr.contains("start it with --zone zone-a --weight 100"), "{stderr}");
+}
+
+/// Runs a `rampart serve` that must be refused and returns what it printed on stderr.
+fn refused(mut command: Command) -> String {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("rampart serve runs");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = restarted.try_wait().expect("wait") {
+        if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = restarted.kill();
-            panic!("n0 started with its founders moved");
+            let _ = child.kill();
+            panic!("rampart serve started where it should have been refused");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut restarted.stderr.take().expect("piped"), &mut stderr).expect("stderr");
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("stderr");
     assert!(!status.success(), "{stderr}");
-    assert!(stderr.contains("n0@zone-a:100") && stderr.contains("n0@zone-b:100"), "{stderr}");
+    stderr
 }

@@ -442,11 +442,8 @@ impl Node {
             .chain(current.meta_members().iter().map(|id| raft_id(id)))
             .filter(|r| *r != self.me)
             .collect();
-        let asked = asked.into_iter();
-        let answers = join_all(
-            asked.map(|r| self.peers.call::<_, ClusterConfig>(r, "/internal/config", &(), Duration::from_secs(1))),
-        )
-        .await;
+        let call = |r: RaftId| self.peers.call::<_, ClusterConfig>(r, "/internal/config", &(), Duration::from_secs(1));
+        let answers = join_all(asked.into_iter().map(call)).await;
         answers
             .into_iter()
             .flatten()

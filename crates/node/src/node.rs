@@ -205,30 +205,28 @@ impl Node {
                 let token = config.cluster_token.as_ref();
                 let known: Option<ClusterConfig> =
                     Peers::call_addr(*addr, "/internal/config", &(), Duration::from_secs(5), token).await.ok();
-                // (A founder's entry knows no HTTP address until the node itself announces one.)
-                let holds_me_as_any = |c: &ClusterConfig| {
-                    c.members().iter().any(|m| m.id == config.id)
-                        && c.addrs.get(&config.id).is_some_and(|a| {
-                            a.peer == this_addr.peer && (a.http.is_empty() || a.http == this_addr.http)
-                        })
-                };
-                let holds_me = |c: &ClusterConfig| holds_me_as_any(c) && c.members().contains(&this);
-                // The newest of the two decides: if it no longer holds this node (decommissioned while it was
-                // down), `--join` asks to be added again. A record of another cluster counts for nothing.
+                // The newest of the two decides. A record of another cluster counts for nothing.
                 let recorded = recorded.clone().filter(|r| known.as_ref().is_none_or(|k| k.same_cluster(r)));
                 let newest = known.into_iter().chain(recorded).max_by_key(|c| c.epoch);
-                // The same node (same id and peer address) in another zone or at another weight: a change of place
-                // that would move replicas, made by decommissioning the node and joining it again, never by a
-                // restart whose flags merely left the zone out.
-                let entry = newest.as_ref().and_then(|c| c.members().iter().find(|m| m.id == config.id));
-                if let Some(m) = entry.filter(|m| **m != this && newest.as_ref().is_some_and(holds_me_as_any)) {
+                // This node's entry there, if it is a member at this peer address (a founder's entry knows no HTTP
+                // address until the node itself announces one). None: decommissioned while it was down, or never
+                // added, and `--join` asks to be added.
+                let entry = newest.as_ref().and_then(|c| {
+                    let addr = c.addrs.get(&config.id)?;
+                    let same = addr.peer == this_addr.peer && (addr.http.is_empty() || addr.http == this_addr.http);
+                    c.members().iter().find(|m| m.id == config.id).filter(|_| same)
+                });
+                // The same node in another zone or at another weight: a change of place that would move replicas,
+                // made by decommissioning the node and joining it again, never by a restart whose flags merely left
+                // the zone out.
+                if let Some(m) = entry.filter(|m| **m != this) {
                     return Err(StartError::Mismatch(format!(
                         "{} is a member in zone {} at weight {}, not zone {} at weight {}: start it with --zone {} \
                          --weight {} (to move a node, decommission it and join it again)",
                         m.id, m.zone, m.weight, this.zone, this.weight, m.zone, m.weight
                     )));
                 }
-                let known = newest.filter(holds_me);
+                let known = if entry.is_some() { newest } else { None };
                 let joined = match known {
                     Some(c) => c,
                     None => {

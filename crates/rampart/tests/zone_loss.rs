@@ -40,12 +40,19 @@ fn founding_list(zone_of: impl Fn(usize) -> &'static str) -> String {
 
 /// `rampart serve` for node `i` on `dir`'s data, founded by `initial`.
 fn serve(dir: &std::path::Path, i: usize, initial: &str) -> Command {
+    let mut command = node(dir, i);
+    command.args(["--initial-cluster", initial]);
+    command
+}
+
+/// `rampart serve` for node `i` on `dir`'s data, before its bootstrap flags.
+fn node(dir: &std::path::Path, i: usize) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
     command
         .args(["serve", "--id", &format!("n{i}"), "--http", &http_addr(i).to_string(), "--peer", &peer(i)])
         .arg("--data-dir")
         .arg(dir.join(format!("n{i}")))
-        .args(["--initial-cluster", initial, "--partitions", &PARTITIONS.to_string()])
+        .args(["--partitions", &PARTITIONS.to_string()])
         // Nobody is decommissioned automatically: the zone's loss is survived, not repaired.
         .args(["--replace-after-ms", "600000"]);
     command
@@ -188,11 +195,8 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
     assert!(stderr.contains("n0@zone-a:100") && stderr.contains("n0@zone-b:100"), "{stderr}");
     // So is n1 (still a member, in zone-a) restarted with `--join` and no `--zone`: it would move to the default
     // zone and its replicas with it. It is told the zone to give.
-    let mut join = Command::new(env!("CARGO_BIN_EXE_rampart"));
-    join.args(["serve", "--id", "n1", "--http", &http_addr(1).to_string(), "--peer", &peer(1)])
-        .arg("--data-dir")
-        .arg(nodes.dir.path().join("n1"))
-        .args(["--join", &peer(3), "--partitions", &PARTITIONS.to_string()]);
+    let mut join = node(nodes.dir.path(), 1);
+    join.args(["--join", &peer(3)]);
     let stderr = refused(join);
     assert!(stderr.contains("start it with --zone zone-a --weight 100"), "{stderr}");
 }

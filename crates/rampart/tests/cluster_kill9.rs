@@ -2,9 +2,12 @@
 //! turn is killed with SIGKILL and restarted on its data directory. Every acknowledged write must be readable
 //! afterwards, from every node, also after the whole cluster is killed at once. A node that comes back after its
 //! peers purged the log it missed catches up from a snapshot sent in chunks. A member without the cluster token is
-//! shut out of the peer port, and catches up once it has it.
+//! shut out of the peer port, and catches up once it has it. A leader frozen (SIGSTOP) or cut off from its
+//! followers (nftables, in a network namespace of the test's own) acknowledges nothing and serves no stale read,
+//! and catches up once it is back.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,12 +21,17 @@ struct Cluster {
     nodes: Vec<Option<Child>>,
     /// Settings every node starts with.
     settings: Vec<&'static str>,
+    /// A node the test cut off (frozen with SIGSTOP, or its peer traffic dropped): [`put`] sends it nothing.
+    unreachable: Option<usize>,
+    /// When set, node `i` runs with group id `gids + i`, by which the network-partition test's rules tell the
+    /// nodes' traffic apart.
+    gids: Option<u32>,
 }
 
 impl Cluster {
     fn new(base: u16, settings: &[&'static str]) -> Cluster {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        Cluster { base, dir, nodes: vec![None, None, None], settings: settings.to_vec() }
+        Cluster { base, dir, nodes: vec![None, None, None], settings: settings.to_vec(), unreachable: None, gids: None }
     }
 }
 
@@ -34,7 +42,11 @@ impl Cluster {
 
     fn start(&mut self, i: usize) {
         let initial: Vec<String> = (0..3).map(|j| format!("n{j}=127.0.0.1:{}", self.base + 50 + j)).collect();
-        let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        if let Some(gids) = self.gids {
+            command.gid(gids + i as u32);
+        }
+        let child = command
             .args(["serve", "--id", &format!("n{i}")])
             .args(["--http", &self.http_addr(i).to_string()])
             .args(["--peer", &format!("127.0.0.1:{}", self.base + 50 + i as u16)])
@@ -47,6 +59,14 @@ impl Cluster {
             .spawn()
             .expect("rampart serve starts");
         self.nodes[i] = Some(child);
+    }
+
+    /// Sends node `i` SIGSTOP (`pause`) or SIGCONT: a process frozen whole, as by a long GC pause or a stalled VM.
+    fn signal(&mut self, i: usize, pause: bool) {
+        let pid = self.nodes[i].as_ref().expect("the node runs").id().to_string();
+        let status = Command::new("kill").args([if pause { "-STOP" } else { "-CONT" }, &pid]).status().expect("kill");
+        assert!(status.success(), "signalled n{i}");
+        self.unreachable = pause.then_some(i);
     }
 
     fn kill9(&mut self, i: usize) {
@@ -89,7 +109,7 @@ fn put(cluster: &Cluster, via: usize, key: &str, value: &str) -> bool {
     while Instant::now() < deadline {
         let node = (via + attempt) % 3;
         attempt += 1;
-        if cluster.nodes[node].is_none() {
+        if cluster.nodes[node].is_none() || cluster.unreachable == Some(node) {
             continue;
         }
         match http("PUT", cluster.http_addr(node), &format!("/v1/kv/{key}"), Some(&body)) {
@@ -199,6 +219,244 @@ fn acknowledged_writes_survive_kill_9_of_every_node_at_once() {
         }
     }
     assert!(put(&cluster, 0, "after", "restart"), "the restarted cluster takes writes");
+}
+
+/// Each partition's leader as node `i` sees it (empty if `i` does not answer).
+fn leaders(cluster: &Cluster, i: usize) -> Vec<Option<String>> {
+    let Some((200, body)) = http("GET", cluster.http_addr(i), "/v1/cluster", None) else { return Vec::new() };
+    let view: serde_json::Value = serde_json::from_str(&body).expect("the cluster view is JSON");
+    let partitions = view["partitions"].as_array().cloned().unwrap_or_default();
+    partitions.iter().map(|p| p["leader"].as_str().map(str::to_owned)).collect()
+}
+
+/// Writes `keys` as "old" with every node up, and picks a victim: the node leading partition 0. Returns it and the
+/// keys of the partitions it leads.
+fn old_keys_and_a_victim(cluster: &Cluster, keys: &[String]) -> (usize, Vec<String>) {
+    for key in keys {
+        assert!(put(cluster, 0, key, "old"), "{key} written with every node up");
+    }
+    let victim: usize =
+        leaders(cluster, 0)[0].as_deref().and_then(|l| l.strip_prefix('n')?.parse().ok()).expect("a leader");
+    let name = format!("n{victim}");
+    let led: Vec<usize> = leaders(cluster, victim)
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.as_deref() == Some(name.as_str()))
+        .map(|(p, _)| p)
+        .collect();
+    let partition_of = |key: &str| -> usize {
+        let got = http("PUT", cluster.http_addr(victim), &format!("/v1/kv/{key}"), Some(r#"{"value":"old"}"#));
+        let Some((200, body)) = got else { panic!("{key} not rewritten through n{victim}: {got:?}") };
+        let partition = serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["partition"].as_u64();
+        partition.expect("a partition") as usize
+    };
+    let watched: Vec<String> = keys.iter().filter(|k| led.contains(&partition_of(k))).cloned().collect();
+    assert!(!watched.is_empty(), "some keys live in the partitions n{victim} leads ({led:?})");
+    (victim, watched)
+}
+
+/// Waits (up to 10 s from `since`) until node `observer` sees no partition led by `victim`.
+fn wait_leaders_other_than(cluster: &Cluster, observer: usize, victim: usize, since: Instant) {
+    let name = format!("n{victim}");
+    while leaders(cluster, observer).iter().any(|l| l.as_deref() == Some(name.as_str())) {
+        assert!(since.elapsed() < Duration::from_secs(10), "n{observer} elected no new leaders for {name}'s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What [`http`] got: status and body, or nothing.
+type Answer = Option<(u16, String)>;
+
+/// Reads each key through node `i` at once, each on a thread of its own: the answers, by key.
+fn read_all_at_once(cluster: &Cluster, i: usize, keys: &[String]) -> Vec<std::thread::JoinHandle<(String, Answer)>> {
+    let addr = cluster.http_addr(i);
+    keys.iter()
+        .map(|key| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let got = http("GET", addr, &format!("/v1/kv/{key}"), None);
+                (key, got)
+            })
+        })
+        .collect()
+}
+
+/// Every node holds `value` for every key in `keys` (asking again while a partition elects its leader).
+fn assert_everywhere(cluster: &Cluster, keys: &[String], value: &str) {
+    for i in 0..3 {
+        for key in keys {
+            let got = read_settled(cluster, i, key);
+            assert!(
+                matches!(&got, Some((200, body)) if body.contains(&format!(r#""value":"{value}""#))),
+                "n{i} lost the acknowledged write {key}={value}: {got:?}"
+            );
+        }
+    }
+}
+
+/// A leader frozen whole (SIGSTOP: a long GC pause, a stalled VM) keeps believing it leads while the others elect
+/// new leaders and take writes. When it is continued, the reads that queued up at its door while it was frozen
+/// are answered first: none may return the value it last knew (a read is served only after a quorum confirms the
+/// leadership, so it fails or finds the new value), no write acknowledged meanwhile is lost, and it catches up.
+#[test]
+fn a_paused_leader_serves_no_stale_read_and_loses_no_write() {
+    let mut cluster = Cluster::new(28_600, &["--partitions", "8"]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let keys: Vec<String> = (0..48).map(|k| format!("p{k}")).collect();
+    let (victim, watched) = old_keys_and_a_victim(&cluster, &keys);
+
+    cluster.signal(victim, true);
+    let observer = (victim + 1) % 3;
+    wait_leaders_other_than(&cluster, observer, victim, Instant::now());
+    for key in &keys {
+        assert!(put(&cluster, observer, key, "new"), "{key} rewritten while n{victim} is frozen");
+    }
+    // Reads of the rewritten keys wait in the frozen node's accept queue, and run the moment it is continued.
+    let readers = read_all_at_once(&cluster, victim, &watched);
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.signal(victim, false);
+    let mut answered = 0;
+    for reader in readers {
+        let (key, got) = reader.join().expect("the reader ran");
+        if let Some((200, body)) = &got {
+            answered += 1;
+            assert!(body.contains(r#""value":"new""#), "n{victim}, just continued, served a stale {key}: {body}");
+        }
+    }
+    // Afterwards every node, the continued one too, holds every rewrite.
+    assert_everywhere(&cluster, &keys, "new");
+    eprintln!("n{victim} paused: {} keys watched, {answered} answered at once (the rest refused)", watched.len());
+}
+
+/// Whether this is the run of test `name` inside a network namespace of its own (loopback up), where the rules
+/// [`cut`] adds change nothing outside it. When it is not, runs the test there (`unshare --net`, which needs root),
+/// asserts that it passed, and answers false: the caller returns.
+fn in_own_network_namespace(name: &str) -> bool {
+    const INSIDE: &str = "RAMPART_TEST_OWN_NETNS";
+    if std::env::var_os(INSIDE).is_some() {
+        let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("iproute2's `ip` runs");
+        assert!(up.success(), "loopback up in the test's namespace");
+        return true;
+    }
+    let probe = Command::new("unshare").args(["--net", "true"]).status().expect("util-linux's `unshare` runs");
+    assert!(probe.success(), "{name} cuts links in a network namespace of its own: it needs root");
+    let exe = std::env::current_exe().expect("the test binary");
+    let inside = Command::new("unshare")
+        .arg("--net")
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .status()
+        .expect("the test runs in its namespace");
+    assert!(inside.success(), "{name} failed in its network namespace (its output is above)");
+    false
+}
+
+/// Drops (`cut`) or restores the peer traffic, TCP and UDP, between node `victim` and the other two, both ways,
+/// with nftables: packets from the victim's sockets (by its group id) to the others' peer ports, and from theirs
+/// to its. The HTTP ports stay open: clients still reach every node.
+fn cut(cluster: &mut Cluster, victim: usize, cut: bool) {
+    let gids = cluster.gids.expect("the nodes run with group ids");
+    let peer = |i: usize| cluster.base + 50 + i as u16;
+    let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    let script = if cut {
+        let (v, a, b) = (victim as u32, others[0] as u32, others[1] as u32);
+        format!(
+            "table inet partition {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+             meta skgid {} th dport {{ {}, {} }} drop\n    meta skgid {{ {}, {} }} th dport {} drop\n  }}\n}}\n",
+            gids + v,
+            peer(others[0]),
+            peer(others[1]),
+            gids + a,
+            gids + b,
+            peer(victim)
+        )
+    } else {
+        "delete table inet partition\n".to_owned()
+    };
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nftables' `nft` runs (apt-get install nftables)");
+    use std::io::Write;
+    nft.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("rules written");
+    assert!(nft.wait().expect("nft ran").success(), "nft took: {script}");
+    cluster.unreachable = cut.then_some(victim);
+}
+
+/// A leader cut off from its followers (its peer traffic dropped both ways; clients still reach it) can no longer
+/// commit: a write sent to it is not acknowledged, and a read sent to it does not return the value it last knew,
+/// while the other two elect new leaders and take writes. Once the link is back it catches up with every write
+/// acknowledged meanwhile, and its own unacknowledged write is gone.
+#[test]
+fn a_partitioned_leader_acknowledges_nothing_and_catches_up_once_healed() {
+    if !in_own_network_namespace("a_partitioned_leader_acknowledges_nothing_and_catches_up_once_healed") {
+        return;
+    }
+    let mut cluster = Cluster::new(28_700, &["--partitions", "8"]);
+    cluster.gids = Some(41_000);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let keys: Vec<String> = (0..48).map(|k| format!("q{k}")).collect();
+    let (victim, watched) = old_keys_and_a_victim(&cluster, &keys);
+
+    cut(&mut cluster, victim, true);
+    let cut_at = Instant::now();
+    // On the victim's side: a write to a partition it led, and reads of every key of those partitions.
+    let addr = cluster.http_addr(victim);
+    let lost_key = watched[0].clone();
+    let lost = {
+        let key = lost_key.clone();
+        std::thread::spawn(move || http("PUT", addr, &format!("/v1/kv/{key}"), Some(r#"{"value":"lost"}"#)))
+    };
+    let readers = read_all_at_once(&cluster, victim, &watched);
+    // On the other side: new leaders, and every other key rewritten.
+    let observer = (victim + 1) % 3;
+    wait_leaders_other_than(&cluster, observer, victim, cut_at);
+    let rewritten: Vec<String> = keys.iter().filter(|k| **k != lost_key).cloned().collect();
+    for key in &rewritten {
+        assert!(put(&cluster, observer, key, "new"), "{key} rewritten on the majority's side");
+    }
+    // The failure detector on the majority's side declares the victim dead.
+    wait_declared_dead(&cluster, observer, victim, cut_at, Duration::from_secs(5));
+    let lost = lost.join().expect("the writer ran");
+    assert!(!matches!(lost, Some((200, _))), "n{victim}, cut off, acknowledged a write: {lost:?}");
+    for reader in readers {
+        let (key, got) = reader.join().expect("the reader ran");
+        assert!(!matches!(got, Some((200, _))), "n{victim}, cut off, served {key}: {got:?}");
+    }
+
+    cut(&mut cluster, victim, false);
+    let healed = Instant::now();
+    cluster.wait_ready(Duration::from_secs(20));
+    // Once the link is back, every node counts every other alive again (the victim refutes its death).
+    let all_alive = |i: usize| {
+        let Some((200, body)) = http("GET", cluster.http_addr(i), "/v1/cluster", None) else { return false };
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        view["nodes"].as_array().is_some_and(|nodes| nodes.len() == 3 && nodes.iter().all(|n| n["state"] == "alive"))
+    };
+    while !(0..3).all(all_alive) {
+        assert!(healed.elapsed() < Duration::from_secs(10), "the nodes do not all count each other alive again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let alive_after = healed.elapsed();
+    assert_everywhere(&cluster, &rewritten, "new");
+    // The write the victim did not acknowledge never reached a quorum: every node holds the old value. (Refused
+    // with 503 it is certain not to apply; a 504 only says the outcome is unknown, but nothing could commit it.)
+    assert_everywhere(&cluster, std::slice::from_ref(&lost_key), "old");
+    eprintln!(
+        "n{victim} cut off for {:?}, all alive again {alive_after:?} after: {} keys watched, the write to {lost_key} \
+         answered {:?}",
+        healed - cut_at,
+        watched.len(),
+        lost.map(|(status, _)| status)
+    );
 }
 
 /// Waits until node `observer`'s cluster view shows node `victim` (killed at `killed`) as dead; fails past `within`.

@@ -28,7 +28,7 @@ use rampart_ring::{Node as RingNode, NodeId as RingNodeId, PartitionId, Placemen
 use serde::{Deserialize, Serialize};
 
 use crate::network::CallError;
-use crate::node::{Node, Read, ReadResult, RequestError};
+use crate::node::{group_name, Node, Read, ReadResult, RequestError};
 use crate::store::CONFIG_KEY;
 use crate::types::{raft_id, GroupId, Op, PeerNode, RaftId};
 
@@ -598,7 +598,7 @@ impl Node {
         for group in &mine {
             if self.group(*group).is_none() {
                 if let Err(e) = self.host(*group).await {
-                    tracing::warn!("partition {group}: cannot start its group: {e}");
+                    tracing::warn!("{}: cannot start its group: {e}", group_name(*group));
                 }
             }
         }
@@ -628,7 +628,7 @@ impl Node {
             } else if !stray.is_empty() {
                 if let Err(e) = raft.change_membership(openraft::ChangeMembers::RemoveNodes(stray.clone()), false).await
                 {
-                    tracing::info!("partition {group}: removing learners {stray:?}: {e}");
+                    tracing::info!("{}: removing learners {stray:?}: {e}", group_name(group));
                 }
                 for gone in stray {
                     let _ = self
@@ -657,18 +657,18 @@ impl Node {
         let catch_up = if group == META_GROUP { META_CATCH_UP_TIMEOUT } else { CATCH_UP_TIMEOUT };
         for new in target.iter().filter(|t| !voters.contains(t)) {
             let Some(node) = nodes.get(new) else {
-                tracing::warn!("partition {group}: no address for replica {new}");
+                tracing::warn!("{}: no address for replica {new}", group_name(group));
                 return;
             };
-            tracing::info!("partition {group}: adding {} as a learner", node.id);
+            tracing::info!("{}: adding {} as a learner", group_name(group), node.id);
             match tokio::time::timeout(catch_up, raft.add_learner(*new, node.clone(), true)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    tracing::info!("partition {group}: add learner {}: {e}", node.id);
+                    tracing::info!("{}: add learner {}: {e}", group_name(group), node.id);
                     return;
                 }
                 Err(_) => {
-                    tracing::info!("partition {group}: {} did not catch up in {catch_up:?}", node.id);
+                    tracing::info!("{}: {} did not catch up in {catch_up:?}", group_name(group), node.id);
                     return;
                 }
             }
@@ -677,14 +677,15 @@ impl Node {
         let changed = match tokio::time::timeout(catch_up, raft.change_membership(target.clone(), false)).await {
             Ok(r) => r,
             Err(_) => {
-                tracing::info!("partition {group}: the change of replicas did not commit in {catch_up:?}");
+                tracing::info!("{}: the change of replicas did not commit in {catch_up:?}", group_name(group));
                 return;
             }
         };
         match changed {
             Ok(_) => {
                 tracing::info!(
-                    "partition {group}: replicas are now {:?}",
+                    "{}: replicas are now {:?}",
+                    group_name(group),
                     target.iter().filter_map(|t| nodes.get(t).map(|n| n.id.clone())).collect::<Vec<_>>()
                 );
                 // Tell the replicas that left: they drop the group and its data.
@@ -695,7 +696,7 @@ impl Node {
                         .await;
                 }
             }
-            Err(e) => tracing::info!("partition {group}: change membership: {e}"),
+            Err(e) => tracing::info!("{}: change membership: {e}", group_name(group)),
         }
     }
 

@@ -74,7 +74,7 @@ pub enum StartError {
 }
 
 /// How errors and logs name a group.
-fn group_name(group: GroupId) -> String {
+pub(crate) fn group_name(group: GroupId) -> String {
     if group == META_GROUP {
         "the metadata group".into()
     } else {
@@ -375,7 +375,7 @@ impl Node {
                 let members: BTreeMap<RaftId, PeerNode> =
                     replicas.iter().filter_map(|r| node.peers.nodes().get(r).map(|n| (*r, n.clone()))).collect();
                 if let Err(e) = raft.initialize(members).await {
-                    tracing::warn!("partition {group}: initialize: {e}");
+                    tracing::warn!("{}: initialize: {e}", group_name(group));
                 }
             }
             let founders = first.config.history.first().cloned().unwrap_or_default();
@@ -412,12 +412,12 @@ impl Node {
     pub(crate) async fn unhost(&self, group: GroupId) {
         let hosted = self.groups.write().ok().and_then(|mut g| g.remove(&group));
         if let Some(h) = hosted {
-            tracing::info!("partition {group}: no longer replicated here; dropping it");
+            tracing::info!("{}: no longer replicated here; dropping it", group_name(group));
             h.task.abort();
             h.watcher.abort();
             let _ = h.raft.shutdown().await;
             if let Err(e) = self.store.drop_group(group).await {
-                tracing::error!("partition {group}: dropping its data: {e}");
+                tracing::error!("{}: dropping its data: {e}", group_name(group));
             }
         }
     }
@@ -982,7 +982,7 @@ async fn raft_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn raft_message(node: &Node, message: Envelope) -> Reply {
     let (raft, quiet) =
-        node.group_quiet(message.group).ok_or_else(|| format!("partition {} is not hosted here", message.group))?;
+        node.group_quiet(message.group).ok_or_else(|| format!("{} is not hosted here", group_name(message.group)))?;
     let body = &message.body;
     // Entries or a vote request wake a quiesced follower (once handled: an append or a granted vote restarts its
     // election timer); a heartbeat or a pre-vote does not (see the quiesce module).
@@ -1022,7 +1022,7 @@ async fn snapshot_rpc(State(node): State<Arc<Node>>, Path(group): Path<GroupId>,
         Err(e) => return bad_request(e),
     };
     let Some(raft) = node.group(group) else {
-        return postcard_response(&Err::<(), String>(format!("partition {group} is not hosted here")));
+        return postcard_response(&Err::<(), String>(format!("{} is not hosted here", group_name(group))));
     };
     let whole = match node.snapshots_in.lock() {
         Ok(mut assembler) => assembler.accept(group, chunk),

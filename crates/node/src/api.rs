@@ -37,6 +37,17 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/kv/{key}", get(kv_get).put(kv_put))
         .merge(crate::trade_api::routes())
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), timed))
+        // Every answer, an unknown path's and a wrong method's too, is an error in the documented shape.
+        .fallback(|uri: axum::http::Uri| async move {
+            error(StatusCode::NOT_FOUND, "not_found", format!("no such path: {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not served on {}", uri.path()),
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(node)
 }

@@ -364,7 +364,7 @@ pub fn openapi() -> Value {
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewOrder"}}}},
                          "responses": {"201": ok("placed and confirmed", "Order"), "200": ok("a retry: the original order", "Order"),
                                        "409": err("out_of_stock, limit_exceeded or idempotency_key_reused"), "404": err("unknown_sku"),
-                                       "400": err("invalid_request"), "422": err("cross_partition_order"), "503": unavailable, "504": unknown}}
+                                       "400": err("invalid_request"), "503": unavailable, "504": unknown}}
             },
             "/v1/orders/{id}": {
                 "parameters": [id_param("id")],

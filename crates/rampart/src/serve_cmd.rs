@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Failure domain of a node that joins (a founder's is given in --initial-cluster; this may only repeat it).
     #[arg(long, env = "RAMPART_ZONE")]
     zone: Option<String>,
+    /// Weight of a node that joins: its share of the replicas against the others' (1 to 100000, default 100; a
+    /// founder's is given in --initial-cluster; this may only repeat it).
+    #[arg(long, env = "RAMPART_WEIGHT")]
+    weight: Option<u32>,
     /// Partitions (fixed at cluster creation; 1 to 4096, default 64).
     #[arg(long, env = "RAMPART_PARTITIONS")]
     partitions: Option<u32>,
@@ -97,7 +101,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         initial_cluster: args.initial_cluster,
         join: args.join,
         zone: args.zone,
-        weight: None,
+        weight: args.weight,
         partitions: args.partitions,
         replicas: args.replicas,
         heartbeat_ms: args.heartbeat_ms,

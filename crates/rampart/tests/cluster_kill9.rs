@@ -734,6 +734,12 @@ fn bad_requests_are_refused_and_change_nothing() {
     let long = format!("/v1/kv/{}", "k".repeat(300));
     assert_eq!(http("PUT", a, &long, Some(r#"{"value":"v"}"#)).expect("answer").0, 400);
     assert_eq!(http("GET", a, "/v1/kv/x", None).expect("answer").0, 404, "nothing was written");
+    // An unknown path and a method a path does not serve are errors in the documented shape too.
+    let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).expect("an error body is JSON");
+    let (status, body) = http("GET", a, "/v1/nothing-here", None).expect("answer");
+    assert_eq!((status, json(&body)["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = http("DELETE", a, "/v1/kv/x", None).expect("answer");
+    assert_eq!((status, json(&body)["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
     let (status, body) = http("GET", a, "/v1/cluster", None).expect("answer");
     assert_eq!(status, 200);
     assert!(body.contains(r#""partitions""#) && body.contains(r#""leader""#), "{body}");

@@ -199,6 +199,15 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
     join.args(["--join", &peer(3)]);
     let stderr = refused(join);
     assert!(stderr.contains("start it with --zone zone-a --weight 100"), "{stderr}");
+    // Started as it was told, it rejoins.
+    let mut join = node(nodes.dir.path(), 1);
+    join.args(["--join", &peer(3), "--zone", "zone-a", "--weight", "100"]);
+    nodes.children.push(join.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("rampart serve starts"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(http("GET", http_addr(1), "/readyz", None), Some((200, _))) {
+        assert!(Instant::now() < deadline, "n1, started with the flags it was told, is not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Runs a `rampart serve` that must be refused and returns what it printed on stderr.

@@ -48,6 +48,8 @@ const LEASE_CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Operations waiting for a partition's next entry; beyond this a write is refused as `unavailable`.
 const QUEUE_MAX: usize = 16_384;
+/// The shortest wait, at founding, before a founding replica creates a group its first replica has not created.
+const FOUNDING_GRACE_MIN: Duration = Duration::from_secs(1);
 /// The most operations one entry carries.
 const BATCH_OPS_MAX: usize = 1024;
 /// Entries of one partition proposed and not yet applied. While they are all in flight, new operations queue
@@ -364,25 +366,63 @@ impl Node {
             // after this (a group this node leaves and rejoins is rebuilt by its leader). The founding placement,
             // whatever configuration is in force by now.
             let cluster = first.clone();
+            let mut later = Vec::new();
             for group in cluster.groups_of(me) {
                 let replicas = cluster.replicas(group);
-                let Some(raft) = node.group(group) else { continue };
-                if replicas.first() != Some(&me)
-                    || raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?
-                {
-                    continue;
+                // Without HTTP addresses (each founder knows only its own): every founder that creates a group
+                // must create it alike. (Raft messages find a replica by its id, never by this entry.)
+                let members: BTreeMap<RaftId, PeerNode> = replicas
+                    .iter()
+                    .filter_map(|r| {
+                        node.peers.nodes().get(r).map(|n| (*r, PeerNode { http: String::new(), ..n.clone() }))
+                    })
+                    .collect();
+                if replicas.first() == Some(&me) {
+                    node.create_group(group, members).await?;
+                } else {
+                    later.push((group, members));
                 }
-                let members: BTreeMap<RaftId, PeerNode> =
-                    replicas.iter().filter_map(|r| node.peers.nodes().get(r).map(|n| (*r, n.clone()))).collect();
-                if let Err(e) = raft.initialize(members).await {
-                    tracing::warn!("{}: initialize: {e}", group_name(group));
+            }
+            // A first replica that is down while the others found the cluster would leave its groups without a
+            // leader until it came back: after a grace period, the other founding replicas create any group still
+            // uncreated, with the same replicas. (openraft allows the same initialisation on several nodes: the
+            // vote elects one leader.)
+            let grace = (node.config.election_timeout * 8).max(FOUNDING_GRACE_MIN);
+            let weak = Arc::downgrade(&node);
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                for (group, members) in later {
+                    let Some(node) = weak.upgrade() else { return };
+                    match node.create_group(group, members).await {
+                        Ok(true) => {
+                            tracing::info!("{}: its first replica did not create it; created here", group_name(group))
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("{}: {e}", group_name(group)),
+                    }
                 }
+            });
+            if let Ok(mut t) = node.tasks.lock() {
+                t.push(task);
             }
             let founders = first.config.history.first().cloned().unwrap_or_default();
             node.store.set_founders(&founders).await?;
             node.store.set_bootstrapped().await?;
         }
         Ok(node)
+    }
+
+    /// Creates founding group `group` with `members` as its voters, unless this node's replica of it already
+    /// holds a vote or a log (created here, or reached by the replica that created it). Whether it did.
+    async fn create_group(&self, group: GroupId, members: BTreeMap<RaftId, PeerNode>) -> Result<bool, StartError> {
+        let Some(raft) = self.group(group) else { return Ok(false) };
+        if raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+            return Ok(false);
+        }
+        if let Err(e) = raft.initialize(members).await {
+            tracing::warn!("{}: initialize: {e}", group_name(group));
+        }
+        Ok(true)
     }
 
     /// Starts a Raft group (empty if new: its leader fills it) and its proposer.

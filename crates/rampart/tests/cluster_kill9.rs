@@ -585,6 +585,31 @@ fn a_partitioned_hot_leader_neither_oversells_nor_duplicates() {
     eprintln!("n{victim} (the hot partition's leader) cut off: {BUYERS} buyers served in {sale:?}, {STOCK} placed");
 }
 
+/// A cluster founded while one founder is down: each group is created by its first replica, and where that is the
+/// absent founder (n0 here, also the metadata group's first voter), the other founders create it after a grace
+/// period. Every partition elects a leader and takes writes on two of three founders, and the third, started
+/// later, catches up.
+#[test]
+fn a_cluster_founded_with_a_founder_down_serves_every_partition() {
+    let mut cluster = Cluster::new(28_900, &["--partitions", "8"]);
+    for i in 1..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let led = leaders(&cluster, 1);
+    assert!(led.len() == 8 && led.iter().all(Option::is_some), "every partition has a leader: {led:?}");
+    let view = http("GET", cluster.http_addr(1), "/v1/cluster", None).expect("the cluster view");
+    let metadata = serde_json::from_str::<serde_json::Value>(&view.1).expect("JSON")["metadata"]["leader"].clone();
+    assert!(metadata.is_string(), "the metadata group has a leader: {}", view.1);
+    let keys: Vec<String> = (0..32).map(|k| format!("f{k}")).collect();
+    for (k, key) in keys.iter().enumerate() {
+        assert!(put(&cluster, 1 + k % 2, key, "founded"), "{key} acknowledged by two of three founders");
+    }
+    cluster.start(0);
+    cluster.wait_ready(Duration::from_secs(20));
+    assert_everywhere(&cluster, &keys, "founded");
+}
+
 /// Waits until node `observer`'s cluster view shows node `victim` (killed at `killed`) as dead; fails past `within`.
 fn wait_declared_dead(cluster: &Cluster, observer: usize, victim: usize, killed: Instant, within: Duration) {
     let dead = |body: &str| {

@@ -98,6 +98,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
     let cluster = node.cluster();
     let members: Vec<&str> = cluster.config.members().iter().map(|m| m.id.as_str()).collect();
     let names = node.peers.nodes();
+    let down = node.down();
     let nodes: Vec<_> = cluster
         .config
         .addrs
@@ -142,7 +143,8 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
                 "replicas": target,
                 "voters": voters,
                 "moving": settled.map(|s| !s),
-                "leader": m.as_ref().and_then(|m| m.current_leader.as_ref().and_then(name)),
+                // A leader membership has declared dead is not shown (a follower keeps the last one it knew).
+                "leader": m.as_ref().and_then(|m| m.current_leader.filter(|l| !down.contains(l)).as_ref().and_then(name)),
                 "term": m.as_ref().map(|m| m.current_term),
             })
         })
@@ -152,7 +154,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
         "replicas": cluster.config.meta_members(),
         "voters": meta.as_ref().map(|m| m.membership_config.membership().voter_ids().filter_map(|v| name(&v)).collect())
             as Option<Vec<String>>,
-        "leader": meta.as_ref().and_then(|m| m.current_leader.as_ref().and_then(name)),
+        "leader": meta.as_ref().and_then(|m| m.current_leader.filter(|l| !down.contains(l)).as_ref().and_then(name)),
     });
     Json(json!({
         "nodes": nodes, "partitions": partitions, "ring_epoch": cluster.placement.epoch(),

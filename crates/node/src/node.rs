@@ -700,13 +700,29 @@ impl Node {
         }
     }
 
-    /// Partitions this node replicates whose leader is unknown.
+    /// Partitions this node replicates that cannot serve as far as it can tell: their leader is unknown, or
+    /// membership has declared its node dead, or a majority of their voters is dead. (A follower whose pre-vote
+    /// fails keeps the leader it last knew in openraft's metrics, however long that node has been dead.)
     pub fn leaderless(&self) -> BTreeSet<GroupId> {
+        let down = self.down();
         self.hosted()
             .into_iter()
-            .filter(|(_, r)| r.metrics().borrow_watched().current_leader.is_none())
+            .filter(|(_, r)| {
+                let metrics = r.metrics();
+                let m = metrics.borrow_watched();
+                let voters: Vec<RaftId> = m.membership_config.membership().voter_ids().collect();
+                let dead = voters.iter().filter(|v| down.contains(v)).count();
+                m.current_leader.is_none_or(|l| down.contains(&l)) || dead * 2 >= voters.len().max(1)
+            })
             .map(|(g, _)| g)
             .collect()
+    }
+
+    /// The members membership has declared dead (or that left).
+    pub(crate) fn down(&self) -> BTreeSet<RaftId> {
+        use rampart_membership::State;
+        let members = self.membership.members().into_iter();
+        members.filter(|(m, _)| matches!(m.state, State::Dead | State::Left)).map(|(m, _)| raft_id(&m.id)).collect()
     }
 }
 

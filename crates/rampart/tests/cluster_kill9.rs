@@ -610,6 +610,30 @@ fn a_cluster_founded_with_a_founder_down_serves_every_partition() {
     assert_everywhere(&cluster, &keys, "founded");
 }
 
+/// A node left alone (the two others killed) cannot serve: once membership declares them dead, it says so on
+/// `/readyz` and shows no dead node as a partition's leader (a follower whose pre-vote fails keeps the last leader
+/// it knew in openraft's metrics), and it is ready again once they are back.
+#[test]
+fn a_node_left_without_a_quorum_is_not_ready() {
+    let mut cluster = Cluster::new(29_000, &["--partitions", "8"]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let killed = Instant::now();
+    wait_declared_dead(&cluster, 0, 1, killed, Duration::from_secs(5));
+    wait_declared_dead(&cluster, 0, 2, killed, Duration::from_secs(5));
+    let answer = http("GET", cluster.http_addr(0), "/readyz", None);
+    assert!(matches!(&answer, Some((503, body)) if body.contains("unavailable")), "n0 alone: {answer:?}");
+    let shown: Vec<Option<String>> = leaders(&cluster, 0);
+    assert!(shown.iter().flatten().all(|l| l == "n0"), "n0 shows dead nodes as leaders: {shown:?}");
+    cluster.start(1);
+    cluster.start(2);
+    cluster.wait_ready(Duration::from_secs(20));
+}
+
 /// Waits until node `observer`'s cluster view shows node `victim` (killed at `killed`) as dead; fails past `within`.
 fn wait_declared_dead(cluster: &Cluster, observer: usize, victim: usize, killed: Instant, within: Duration) {
     let dead = |body: &str| {

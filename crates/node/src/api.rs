@@ -159,6 +159,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
     Json(json!({
         "nodes": nodes, "partitions": partitions, "ring_epoch": cluster.placement.epoch(),
         "config_epoch": cluster.config.epoch, "partitions_moving": moving, "metadata": metadata,
+        "cluster_id": cluster.config.identity.map(|i| format!("{i:x}")),
     }))
     .into_response()
 }

@@ -71,6 +71,11 @@ pub struct ClusterConfig {
     /// [`ClusterConfig::founding_meta`].
     #[serde(default)]
     pub meta: Option<Vec<String>>,
+    /// A random number the metadata group's first leader gives the cluster ([`AdminOp::Identify`]), presented on
+    /// every peer request: a node left from an earlier cluster founded alike on the same addresses carries
+    /// another, and is refused. `None` until then (and in configurations recorded before identities were).
+    #[serde(default)]
+    pub identity: Option<u64>,
 }
 
 /// A change to the member list.
@@ -83,6 +88,8 @@ pub enum AdminOp {
     /// Gives the metadata group a live member in place of each voter it has lost, up to its founding size: sent
     /// by the group's leader when a change left it smaller for want of a live member to take a voter's place.
     Refill,
+    /// Gives the cluster its identity, if it has none yet: sent by the metadata group's leader.
+    Identify { identity: u64 },
 }
 
 /// Why a configuration change was refused. Nothing changed.
@@ -105,7 +112,7 @@ pub enum AdminError {
 impl ClusterConfig {
     /// The configuration of a cluster created from `founders` (epoch 0).
     pub fn founding(founders: Vec<Member>, addrs: BTreeMap<String, PeerNode>, partitions: u32, replicas: u32) -> Self {
-        ClusterConfig { epoch: 0, partitions, replicas, history: vec![founders], addrs, meta: None }
+        ClusterConfig { epoch: 0, partitions, replicas, history: vec![founders], addrs, meta: None, identity: None }
     }
 
     /// Whether `other` is a configuration of the same cluster: the same shape and the same founders at the same
@@ -116,7 +123,13 @@ impl ClusterConfig {
             let first = c.history.first().map_or(&[][..], Vec::as_slice);
             first.iter().map(|m| (m.clone(), c.addrs.get(&m.id).map(|a| a.peer.clone()))).collect()
         };
-        (self.partitions, self.replicas) == (other.partitions, other.replicas) && founders(self) == founders(other)
+        let identities_agree = match (self.identity, other.identity) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (self.partitions, self.replicas) == (other.partitions, other.replicas)
+            && founders(self) == founders(other)
+            && identities_agree
     }
 
     pub fn members(&self) -> &[Member] {
@@ -231,6 +244,14 @@ impl ClusterConfig {
                 if next.meta.is_none() {
                     return Ok(None);
                 }
+                next.epoch += 1;
+                return Ok(Some(next));
+            }
+            AdminOp::Identify { identity } => {
+                if self.identity.is_some() || *identity == 0 {
+                    return Ok(None);
+                }
+                next.identity = Some(*identity);
                 next.epoch += 1;
                 return Ok(Some(next));
             }
@@ -481,6 +502,7 @@ impl Node {
         for (id, addr) in &config.addrs {
             self.peers.insert(raft_id(id), addr.clone());
         }
+        self.peers.set_identity(config.identity.unwrap_or(0));
         match Cluster::new(config) {
             Ok(c) => {
                 tracing::info!(
@@ -553,6 +575,16 @@ impl Node {
                     self.dead_since.lock().await.remove(&id);
                 }
                 Err(e) => tracing::warn!("replacing {id}: {e}"),
+            }
+        }
+        // A cluster without an identity (just founded, or founded by a build without them) gets one.
+        if self.cluster().config.identity.is_none() {
+            use std::hash::BuildHasher as _;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            // Random: std seeds each `RandomState` from the operating system.
+            let identity = std::collections::hash_map::RandomState::new().hash_one((now.as_nanos(), self.me)).max(1);
+            if let Err(e) = self.admin_local(AdminOp::Identify { identity }).await {
+                tracing::info!("giving the cluster its identity: {e}");
             }
         }
         // A metadata group left smaller than it was founded (no member was fresh enough to take a voter's place)
@@ -839,5 +871,23 @@ mod tests {
         legacy.as_object_mut().unwrap().remove("meta");
         let legacy: ClusterConfig = serde_json::from_value(legacy).unwrap();
         assert_eq!(legacy.meta_members(), zoned.founding_meta());
+    }
+
+    /// A cluster is given its identity once; a configuration of the same founders with another identity is another
+    /// cluster's, and one without (recorded before identities, or before it was given) may be either.
+    #[test]
+    fn a_cluster_is_given_its_identity_once() {
+        let founded = founded(&[("n0", "x"), ("n1", "y"), ("n2", "z")]);
+        let everyone: BTreeSet<String> = ["n0", "n1", "n2"].iter().map(|s| (*s).to_owned()).collect();
+        let named = founded.apply(&AdminOp::Identify { identity: 7 }, &everyone).unwrap().unwrap();
+        assert_eq!((named.identity, named.epoch), (Some(7), founded.epoch + 1));
+        assert_eq!(named.apply(&AdminOp::Identify { identity: 8 }, &everyone).unwrap(), None, "given once");
+        assert_eq!(founded.apply(&AdminOp::Identify { identity: 0 }, &everyone).unwrap(), None, "0 is no identity");
+        let other = ClusterConfig { identity: Some(8), ..named.clone() };
+        assert!(!named.same_cluster(&other) && !other.same_cluster(&named));
+        assert!(named.same_cluster(&founded) && founded.same_cluster(&other));
+        let mut legacy: serde_json::Value = serde_json::to_value(&named).unwrap();
+        legacy.as_object_mut().unwrap().remove("identity");
+        assert_eq!(serde_json::from_value::<ClusterConfig>(legacy).unwrap().identity, None);
     }
 }

@@ -105,8 +105,27 @@ pub struct Peers {
     lanes: Arc<Mutex<BTreeMap<RaftId, mpsc::UnboundedSender<Pending>>>>,
     /// Snapshots are sent in chunks of this many bytes.
     snapshot_chunk: usize,
-    /// Presented on every call, when the cluster has one.
+    /// Presented on every call.
+    credentials: Credentials,
+}
+
+/// What every peer request presents: the cluster token, when the cluster has one, and the cluster's identity,
+/// once this node knows it. A peer that knows another identity refuses the request (409): a node left from an
+/// earlier cluster on the same addresses cannot take part in this one.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
     token: Option<ClusterToken>,
+    /// The cluster's identity ([`crate::cluster::ClusterConfig::identity`]); 0 while unknown.
+    identity: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The header that carries the cluster's identity (hexadecimal).
+pub const IDENTITY_HEADER: &str = "x-rampart-cluster";
+
+impl Credentials {
+    fn identity(&self) -> u64 {
+        self.identity.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl Peers {
@@ -121,8 +140,13 @@ impl Peers {
             nodes: Arc::new(RwLock::new(nodes)),
             lanes: Arc::default(),
             snapshot_chunk: snapshot_chunk.max(1),
-            token,
+            credentials: Credentials { token, identity: Arc::default() },
         }
+    }
+
+    /// Presents `identity` on every request from now on (once the configuration in force carries it).
+    pub fn set_identity(&self, identity: u64) {
+        self.credentials.identity.store(identity, std::sync::atomic::Ordering::Release);
     }
 
     /// The known nodes.
@@ -139,7 +163,7 @@ impl Peers {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let addr = peer_addr(&self.nodes, target)?;
-        exchange(&self.client, self.token.as_ref(), addr, path, req, timeout).await
+        exchange(&self.client, &self.credentials, addr, path, req, timeout).await
     }
 
     /// Adds or updates a node's addresses.
@@ -157,8 +181,8 @@ impl Peers {
         timeout: Duration,
         token: Option<&ClusterToken>,
     ) -> Result<Resp, CallError> {
-        let client = Peers::new(BTreeMap::new(), 1, None).client;
-        exchange(&client, token, addr.to_string(), path, req, timeout).await
+        let peers = Peers::new(BTreeMap::new(), 1, token.cloned());
+        exchange(&peers.client, &peers.credentials, addr.to_string(), path, req, timeout).await
     }
 
     /// Sends one Raft message through `target`'s lane and decodes the answer.
@@ -188,7 +212,7 @@ impl Peers {
             return lane.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_lane(self.client.clone(), self.token.clone(), self.nodes.clone(), target, rx));
+        tokio::spawn(run_lane(self.client.clone(), self.credentials.clone(), self.nodes.clone(), target, rx));
         lanes.insert(target, tx.clone());
         tx
     }
@@ -201,7 +225,7 @@ fn peer_addr(nodes: &RwLock<BTreeMap<RaftId, PeerNode>>, target: RaftId) -> Resu
 /// A lane: takes what is queued for `target` into batches, at most [`LANE_WINDOW`] in flight.
 async fn run_lane(
     client: HttpClient,
-    token: Option<ClusterToken>,
+    credentials: Credentials,
     nodes: Arc<RwLock<BTreeMap<RaftId, PeerNode>>>,
     target: RaftId,
     mut queue: mpsc::UnboundedReceiver<Pending>,
@@ -229,17 +253,17 @@ async fn run_lane(
             continue;
         }
         let addr = peer_addr(&nodes, target);
-        let (client, token) = (client.clone(), token.clone());
+        let (client, credentials) = (client.clone(), credentials.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            send_batch(&client, token.as_ref(), addr, batch).await;
+            send_batch(&client, &credentials, addr, batch).await;
         });
     }
 }
 
 async fn send_batch(
     client: &HttpClient,
-    token: Option<&ClusterToken>,
+    credentials: &Credentials,
     addr: Result<String, CallError>,
     batch: Vec<Pending>,
 ) {
@@ -248,7 +272,7 @@ async fn send_batch(
     let (envelopes, waiters): (Vec<Envelope>, Vec<oneshot::Sender<Reply>>) =
         batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
     let answer: Result<Vec<Reply>, CallError> = match addr {
-        Ok(addr) => exchange(client, token, addr, "/raft/batch", &envelopes, timeout.min(RPC_TIMEOUT)).await,
+        Ok(addr) => exchange(client, credentials, addr, "/raft/batch", &envelopes, timeout.min(RPC_TIMEOUT)).await,
         Err(e) => Err(e),
     };
     match answer {
@@ -275,7 +299,7 @@ async fn send_batch(
 /// POSTs `req` (postcard) to `path` on the peer address `addr` and decodes the answer.
 async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
     client: &HttpClient,
-    token: Option<&ClusterToken>,
+    credentials: &Credentials,
     addr: String,
     path: &str,
     req: &Req,
@@ -285,8 +309,12 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
     let exchange = async {
         let mut request =
             Request::post(format!("http://{addr}{path}")).header(header::CONTENT_TYPE, "application/octet-stream");
-        if let Some(token) = token {
+        if let Some(token) = &credentials.token {
             request = request.header(header::AUTHORIZATION, token.header_value());
+        }
+        let identity = credentials.identity();
+        if identity != 0 {
+            request = request.header(IDENTITY_HEADER, format!("{identity:x}"));
         }
         let request = request
             .body(Full::new(Bytes::from(body)))

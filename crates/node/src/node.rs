@@ -128,6 +128,8 @@ pub struct Node {
     pub snapshots_in: std::sync::Mutex<SnapshotAssembler>,
     /// Peer requests refused for want of the cluster token (for `/metrics`).
     pub peer_refused: std::sync::atomic::AtomicU64,
+    /// Whether a peer request of another cluster was already logged (once is enough to name the problem).
+    warned_identity: std::sync::atomic::AtomicBool,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -269,6 +271,7 @@ impl Node {
             cluster.config.addrs.iter().map(|(id, n)| (raft_id(id), n.clone())).collect();
         nodes.insert(me, this_addr);
         let peers = Peers::new(nodes, config.snapshot_chunk_bytes, config.cluster_token.clone());
+        peers.set_identity(cluster.config.identity.unwrap_or(0));
         let (election_min, election_max) =
             election_timeouts(config.heartbeat.as_millis() as u64, config.election_timeout.as_millis() as u64);
         let raft_config = Arc::new(
@@ -321,6 +324,7 @@ impl Node {
             proposed: Arc::default(),
             snapshots_in: Default::default(),
             peer_refused: Default::default(),
+            warned_identity: Default::default(),
             latency: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
@@ -1011,7 +1015,9 @@ fn peer_router(node: Arc<Node>) -> Router {
         .merge(rampart_membership_net::http::router(node.membership.clone()))
 }
 
-/// Refuses a peer request that does not present the cluster token (401, before its body is read).
+/// Refuses a peer request that does not present the cluster token (401), or that presents another cluster's
+/// identity than the one in force here (409: a node left from an earlier cluster founded alike on the same
+/// addresses, whose Raft state must not mix with this one's), before its body is read.
 async fn require_cluster_token(
     State(node): State<Arc<Node>>,
     request: axum::extract::Request,
@@ -1022,6 +1028,20 @@ async fn require_cluster_token(
         if !presented.is_some_and(|p| token.is_presented_by(p)) {
             node.peer_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return (StatusCode::UNAUTHORIZED, "this peer port needs the cluster token").into_response();
+        }
+    }
+    let presented = request.headers().get(crate::network::IDENTITY_HEADER).and_then(|v| v.to_str().ok());
+    if let (Some(theirs), Some(ours)) = (presented, node.cluster().config.identity) {
+        if u64::from_str_radix(theirs, 16).ok() != Some(ours) {
+            node.peer_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !node.warned_identity.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(
+                    "refusing peer requests of another cluster (identity {theirs}, ours {ours:x}): a node started on \
+                     a data directory of an earlier cluster? Wipe it to join this one"
+                );
+            }
+            return (StatusCode::CONFLICT, format!("this node belongs to cluster {ours:x}, not {theirs}"))
+                .into_response();
         }
     }
     next.run(request).await

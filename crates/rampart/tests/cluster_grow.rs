@@ -135,7 +135,8 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     for i in 0..3 {
         start(&mut nodes, i, &["--initial-cluster", &initial]);
     }
-    let before = settled(&[0, 1, 2], 0);
+    // Configuration 1 gives the founded cluster its identity; every change below takes the next epoch.
+    let before = settled(&[0, 1, 2], 1);
     let mut written = BTreeMap::new();
     for k in 0..60 {
         let (key, value) = (format!("grow-{k}"), format!("v{k}"));
@@ -144,7 +145,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     }
 
     start(&mut nodes, 3, &["--join", &peer(0)]);
-    let grown = settled(&[0, 1, 2, 3], 1);
+    let grown = settled(&[0, 1, 2, 3], 2);
     let mut gained = 0;
     for (p, (old, new)) in before.iter().zip(&grown).enumerate() {
         if old != new {
@@ -164,7 +165,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
 
     let (status, body) = http("DELETE", http_addr(1), "/v1/cluster/nodes/n3", None).expect("node answers");
     assert_eq!(status, 200, "{body}");
-    let shrunk = settled(&[0, 1, 2], 2);
+    let shrunk = settled(&[0, 1, 2], 3);
     for (p, (old, new)) in grown.iter().zip(&shrunk).enumerate() {
         assert!(!new.contains("n3"), "partition {p} still on n3: {new:?}");
         if old != new {
@@ -183,7 +184,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     // process that has none of them.
     let impostor = r#"{"id":"n1","peer":"127.0.0.1:1","http":"127.0.0.1:2"}"#;
     assert_eq!(http("POST", http_addr(0), "/v1/cluster/nodes", Some(impostor)).map(|r| r.0), Some(409));
-    assert_eq!(view(0).expect("n0 answers")["config_epoch"], 2);
+    assert_eq!(view(0).expect("n0 answers")["config_epoch"], 3);
 
     // n3 is added back through the API; then founder n2 is killed: once membership has declared it dead for the
     // replacement delay (2 s here), the metadata leader (n0 or n1: the metadata group runs on two of its three)
@@ -191,12 +192,12 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     let add = format!(r#"{{"id":"n3","peer":"{}","http":"{}"}}"#, peer(3), http_addr(3));
     let (status, body) = http("POST", http_addr(2), "/v1/cluster/nodes", Some(&add)).expect("node answers");
     assert_eq!(status, 200, "{body}");
-    let regrown = settled(&[0, 1, 2, 3], 3);
+    let regrown = settled(&[0, 1, 2, 3], 4);
     assert!(regrown.iter().any(|r| r.contains("n3")), "{regrown:?}");
     let n2 = &mut nodes.children[2];
     n2.kill().expect("SIGKILL");
     n2.wait().expect("reaped");
-    let healed = settled(&[0, 1, 3], 4);
+    let healed = settled(&[0, 1, 3], 5);
     for (p, (old, new)) in regrown.iter().zip(&healed).enumerate() {
         assert!(!new.contains("n2") && new.len() == 3, "partition {p} not rebuilt: {new:?}");
         if old != new {
@@ -208,7 +209,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     // n2 comes back on its data, which still names it a voter of both: it learns from a peer that it is neither,
     // holds no group (what it held was dropped) and serves every key by forwarding.
     start(&mut nodes, 2, &["--initial-cluster", &initial]);
-    assert_eq!(settled(&[0, 1, 2, 3], 4), healed);
+    assert_eq!(settled(&[0, 1, 2, 3], 5), healed);
     let hosted = || -> Option<Vec<String>> {
         let (_, metrics) = http("GET", http_addr(2), "/metrics", None)?;
         Some(metrics.lines().filter(|l| l.starts_with("rampart_raft_term{")).map(str::to_owned).collect())

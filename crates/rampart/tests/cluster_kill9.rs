@@ -634,6 +634,75 @@ fn a_node_left_without_a_quorum_is_not_ready() {
     cluster.wait_ready(Duration::from_secs(20));
 }
 
+/// The cluster's identity as node `i` shows it, once it has one (up to 10 s).
+fn identity(cluster: &Cluster, i: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some((200, body)) = http("GET", cluster.http_addr(i), "/v1/cluster", None) {
+            let view: serde_json::Value = serde_json::from_str(&body).expect("the cluster view is JSON");
+            if let Some(id) = view["cluster_id"].as_str() {
+                return id.to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "n{i} shows no cluster identity");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A cluster re-created with the same founding list on the same addresses, one founder started on the data
+/// directory it kept from the earlier cluster: the two clusters have different identities, so the new one refuses
+/// the old node's Raft state, and none of the earlier cluster's values comes back.
+#[test]
+fn a_node_left_from_an_earlier_cluster_is_shut_out() {
+    let mut cluster = Cluster::new(29_100, &["--partitions", "8"]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let earlier = identity(&cluster, 0);
+    let keys: Vec<String> = (0..32).map(|k| format!("e{k}")).collect();
+    for key in &keys {
+        assert!(put(&cluster, 0, key, "earlier"), "{key} written in the earlier cluster");
+    }
+    // Leaders killed in turn: the earlier cluster's partitions reach higher terms than a new cluster's, so that
+    // n2's old logs would win an election in it.
+    for round in 0..3 {
+        for victim in 0..2 {
+            let killed = Instant::now();
+            cluster.kill9(victim);
+            wait_declared_dead(&cluster, 2, victim, killed, Duration::from_secs(5));
+            assert!(put(&cluster, 2, &format!("bump{round}-{victim}"), "earlier"), "written after a kill");
+            cluster.start(victim);
+            cluster.wait_ready(Duration::from_secs(20));
+        }
+    }
+    for i in 0..3 {
+        cluster.kill9(i);
+    }
+    for i in 0..2 {
+        std::fs::remove_dir_all(cluster.dir.path().join(format!("n{i}"))).expect("data directory wiped");
+        cluster.start(i);
+    }
+    cluster.wait_ready(Duration::from_secs(20));
+    let new = identity(&cluster, 0);
+    assert_ne!(new, earlier, "a cluster founded again has an identity of its own");
+    for key in &keys[..8] {
+        assert!(put(&cluster, 0, key, "new"), "{key} written in the new cluster");
+    }
+    // n2 comes back on the data directory of the earlier cluster.
+    cluster.start(2);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(identity(&cluster, 0), new);
+    for key in &keys[..8] {
+        let got = read_settled(&cluster, 0, key);
+        assert!(matches!(&got, Some((200, body)) if body.contains(r#""value":"new""#)), "{key}: {got:?}");
+    }
+    for key in &keys[8..] {
+        let got = read_settled(&cluster, 0, key);
+        assert!(matches!(&got, Some((404, _))), "{key} of the earlier cluster came back: {got:?}");
+    }
+}
+
 /// Waits until node `observer`'s cluster view shows node `victim` (killed at `killed`) as dead; fails past `within`.
 fn wait_declared_dead(cluster: &Cluster, observer: usize, victim: usize, killed: Instant, within: Duration) {
     let dead = |body: &str| {

@@ -45,6 +45,16 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// A cluster of three nodes with `settings`, started and ready.
+    fn started(base: u16, settings: &[&'static str]) -> Cluster {
+        let mut cluster = Cluster::new(base, settings);
+        for i in 0..3 {
+            cluster.start(i);
+        }
+        cluster.wait_ready(Duration::from_secs(20));
+        cluster
+    }
+
     fn http_addr(&self, i: usize) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.base + i as u16))
     }
@@ -135,11 +145,7 @@ fn put(cluster: &Cluster, via: usize, key: &str, value: &str) -> bool {
 #[test]
 fn acknowledged_writes_survive_kill_9_of_each_node_in_turn() {
     let base = 27_100;
-    let mut cluster = Cluster::new(base, &["--partitions", "8"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(base, &["--partitions", "8"]);
     let mut acked = Vec::new();
     let mut n = 0;
     for victim in 0..3 {
@@ -205,11 +211,7 @@ fn read_settled_path_with(cluster: &Cluster, i: usize, method: &str, path: &str,
 /// write is there, on every node.
 #[test]
 fn acknowledged_writes_survive_kill_9_of_every_node_at_once() {
-    let mut cluster = Cluster::new(27_600, &["--partitions", "4", "--snapshot-logs", "30"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(27_600, &["--partitions", "4", "--snapshot-logs", "30"]);
     let mut acked = Vec::new();
     for k in 0..300 {
         if put(&cluster, k % 3, &format!("k{k}"), &format!("v{k}")) {
@@ -320,11 +322,7 @@ fn assert_everywhere(cluster: &Cluster, keys: &[String], value: &str) {
 #[test]
 fn a_paused_leader_serves_no_stale_read_and_loses_no_write() {
     let _serial = one_at_a_time();
-    let mut cluster = Cluster::new(28_600, &["--partitions", "8"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(28_600, &["--partitions", "8"]);
     let keys: Vec<String> = (0..48).map(|k| format!("p{k}")).collect();
     let (victim, watched) = old_keys_and_a_victim(&cluster, &keys);
 
@@ -615,11 +613,7 @@ fn a_cluster_founded_with_a_founder_down_serves_every_partition() {
 /// it knew in openraft's metrics), and it is ready again once they are back.
 #[test]
 fn a_node_left_without_a_quorum_is_not_ready() {
-    let mut cluster = Cluster::new(29_000, &["--partitions", "8"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(29_000, &["--partitions", "8"]);
     cluster.kill9(1);
     cluster.kill9(2);
     let killed = Instant::now();
@@ -654,11 +648,7 @@ fn identity(cluster: &Cluster, i: usize) -> String {
 /// the old node's Raft state, and none of the earlier cluster's values comes back.
 #[test]
 fn a_node_left_from_an_earlier_cluster_is_shut_out() {
-    let mut cluster = Cluster::new(29_100, &["--partitions", "8"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(29_100, &["--partitions", "8"]);
     let earlier = identity(&cluster, 0);
     let keys: Vec<String> = (0..32).map(|k| format!("e{k}")).collect();
     for key in &keys {
@@ -749,11 +739,7 @@ fn a_node_behind_the_purged_log_catches_up_from_a_chunked_snapshot() {
         "--replace-after-ms",
         "600000",
     ];
-    let mut cluster = Cluster::new(27_500, &settings);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(27_500, &settings);
     fn value(k: usize) -> String {
         format!("v{k}-{}", "x".repeat(100))
     }
@@ -833,11 +819,7 @@ fn a_node_behind_the_purged_log_catches_up_from_a_chunked_snapshot() {
 
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
-    let mut cluster = Cluster::new(27_400, &["--partitions", "8"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let cluster = Cluster::started(27_400, &["--partitions", "8"]);
     let a = cluster.http_addr(0);
     for (path, body, code) in [
         ("/v1/kv/x", "not json", "invalid_request"),
@@ -938,11 +920,7 @@ fn the_peer_port_serves_only_members_presenting_the_cluster_token() {
     fn applied(cluster: &Cluster, i: usize) -> u64 {
         (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_last_applied_index{{partition=\"{p}\"}}"))).sum()
     }
-    let mut cluster = Cluster::new(28_000, &["--partitions", "4", "--cluster-token", GOOD]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(28_000, &["--partitions", "4", "--cluster-token", GOOD]);
     assert!(put(&cluster, 0, "first", "v"), "the cluster with the token takes writes");
     // n2 comes back with another token: the two members with the right one are a majority and go on without it.
     cluster.kill9(2);
@@ -1006,11 +984,7 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let mut cluster = Cluster::new(28_100, &["--partitions", "4", "--quiesce-after-ms", "300"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(28_100, &["--partitions", "4", "--quiesce-after-ms", "300"]);
     let keys: Vec<String> = (0..24).map(|k| format!("q{k}")).collect();
     for k in &keys[..8] {
         assert!(put(&cluster, 0, k, "1"), "{k} acknowledged");
@@ -1061,11 +1035,7 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
 fn a_node_that_rejoins_deposes_no_leader() {
     let _serial = one_at_a_time();
     const PARTITIONS: u32 = 64;
-    let mut cluster = Cluster::new(28_200, &["--partitions", "64"]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_ready(Duration::from_secs(20));
+    let mut cluster = Cluster::started(28_200, &["--partitions", "64"]);
     cluster.kill9(2);
     // Declared dead: the survivors have re-elected whatever n2 led, and n2's return is a real rejoin.
     let killed = Instant::now();

@@ -209,6 +209,18 @@ impl Node {
                 let token = config.cluster_token.as_ref();
                 let known: Option<ClusterConfig> =
                     Peers::call_addr(*addr, "/internal/config", &(), Duration::from_secs(5), token).await.ok();
+                // A data directory of another cluster (another identity) must not bring its Raft state into this one.
+                let ours = recorded.as_ref().and_then(|r| r.identity);
+                let foreign = |c: &ClusterConfig| -> Result<(), StartError> {
+                    match (ours, c.identity) {
+                        (Some(a), Some(b)) if a != b => Err(StartError::Mismatch(format!(
+                            "this data directory belongs to cluster {a:x}, and the cluster at {addr} is {b:x}: give \
+                             this node an empty --data-dir to join it"
+                        ))),
+                        _ => Ok(()),
+                    }
+                };
+                known.as_ref().map_or(Ok(()), foreign)?;
                 // The newest of the two decides. A record of another cluster counts for nothing.
                 let recorded = recorded.clone().filter(|r| known.as_ref().is_none_or(|k| k.same_cluster(r)));
                 let newest = known.into_iter().chain(recorded).max_by_key(|c| c.epoch);
@@ -242,6 +254,7 @@ impl Node {
                         answer.map_err(|e| StartError::Raft(format!("--join {addr}: {e}")))?
                     }
                 };
+                foreign(&joined)?;
                 if (joined.partitions, joined.replicas) != shape {
                     return Err(StartError::Mismatch(format!(
                         "the cluster has {} partitions x {} replicas; start this node with --partitions {} --replicas {}",

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::http;
+use common::{http, refused};
 
 /// Taken by the test that counts elections (`a_node_that_rejoins_deposes_no_leader`, which a busy machine can upset)
 /// and by the pause and partition tests, whose clusters and hundred client threads make the machine busiest, so
@@ -694,31 +694,14 @@ fn a_node_left_from_an_earlier_cluster_is_shut_out() {
     // Restarted with `--join` instead, it would be handed the new cluster's configuration (and identity): it is
     // refused before it starts, and told why.
     cluster.kill9(2);
-    let mut join = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["serve", "--id", "n2", "--http", &cluster.http_addr(2).to_string()])
+    let mut join = Command::new(env!("CARGO_BIN_EXE_rampart"));
+    join.args(["serve", "--id", "n2", "--http", &cluster.http_addr(2).to_string()])
         .args(["--peer", &format!("127.0.0.1:{}", cluster.base + 52), "--partitions", "8"])
         .arg("--data-dir")
         .arg(cluster.dir.path().join("n2"))
-        .args(["--join", &format!("127.0.0.1:{}", cluster.base + 50)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rampart serve runs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = join.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = join.kill();
-            let _ = join.wait();
-            panic!("n2, on the earlier cluster's data, joined the new cluster");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut join.stderr.take().expect("piped"), &mut stderr).expect("stderr");
-    assert!(!status.success() && stderr.contains(&format!("belongs to cluster {earlier}")), "{stderr}");
+        .args(["--join", &format!("127.0.0.1:{}", cluster.base + 50)]);
+    let stderr = refused(join);
+    assert!(stderr.contains(&format!("belongs to cluster {earlier}")), "{stderr}");
 }
 
 /// Waits until node `observer`'s cluster view shows node `victim` (killed at `killed`) as dead; fails past `within`.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{http, Processes};
+use common::{http, refused, Processes};
 
 const BASE: u16 = 28_300;
 const NODES: usize = 6;
@@ -208,24 +208,4 @@ fn losing_a_whole_zone_leaves_every_partition_writable() {
         assert!(Instant::now() < deadline, "n1, started with the flags it was told, is not ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Runs a `rampart serve` that must be refused and returns what it printed on stderr.
-fn refused(mut command: Command) -> String {
-    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("rampart serve runs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("rampart serve started where it should have been refused");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("stderr");
-    assert!(!status.success(), "{stderr}");
-    stderr
 }

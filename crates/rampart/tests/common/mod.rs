@@ -2,8 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Child;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A minimal blocking HTTP/1.1 exchange: (status, body), or `None` if the node did not answer.
 pub fn http(method: &str, addr: SocketAddr, path: &str, body: Option<&str>) -> Option<(u16, String)> {
@@ -45,4 +45,27 @@ impl Drop for Processes {
             let _ = c.wait();
         }
     }
+}
+
+/// Runs a `rampart serve` that must be refused (exit within 20 s, unsuccessfully) and returns what it printed on
+/// stderr.
+#[allow(dead_code)]
+pub fn refused(mut command: Command) -> String {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("rampart serve runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rampart serve started where it should have been refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().expect("piped").read_to_string(&mut stderr).expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    stderr
 }

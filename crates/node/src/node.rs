@@ -1023,7 +1023,7 @@ fn peer_router(node: Arc<Node>) -> Router {
         .route("/internal/config", post(config_rpc))
         .route("/internal/quiesce", post(quiesce_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(node.clone(), require_cluster_token))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), admit_peer))
         .with_state(node.clone())
         .merge(rampart_membership_net::http::router(node.membership.clone()))
 }
@@ -1031,7 +1031,7 @@ fn peer_router(node: Arc<Node>) -> Router {
 /// Refuses a peer request that does not present the cluster token (401), or that presents another cluster's
 /// identity than the one in force here (409: a node left from an earlier cluster founded alike on the same
 /// addresses, whose Raft state must not mix with this one's), before its body is read.
-async fn require_cluster_token(
+async fn admit_peer(
     State(node): State<Arc<Node>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,

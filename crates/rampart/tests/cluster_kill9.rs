@@ -304,8 +304,13 @@ fn read_all_at_once(cluster: &Cluster, i: usize, keys: &[String]) -> Vec<std::th
 
 /// Every node holds `value` for every key in `keys` (asking again while a partition elects its leader).
 fn assert_everywhere(cluster: &Cluster, keys: &[String], value: &str) {
+    assert_held(cluster, keys.iter().map(|k| (k.as_str(), value.to_owned())));
+}
+
+/// Every node holds each `(key, value)` (asking again while a partition elects its leader).
+fn assert_held<'a>(cluster: &Cluster, written: impl IntoIterator<Item = (&'a str, String)> + Clone) {
     for i in 0..3 {
-        for key in keys {
+        for (key, value) in written.clone() {
             let got = read_settled(cluster, i, key);
             assert!(
                 matches!(&got, Some((200, body)) if body.contains(&format!(r#""value":"{value}""#))),
@@ -1025,17 +1030,8 @@ fn idle_partitions_quiesce_and_fail_over_through_membership() {
     }
     cluster.start(victim);
     cluster.wait_ready(Duration::from_secs(20));
-    for i in 0..3 {
-        for (n, k) in keys.iter().enumerate() {
-            let value = 1 + n / 8;
-            // A woken partition may be electing its leader.
-            let got = read_settled(&cluster, i, k);
-            assert!(
-                matches!(&got, Some((200, body)) if body.contains(&format!(r#""value":"{value}""#))),
-                "n{i} lost acknowledged write {k}: {got:?}"
-            );
-        }
-    }
+    // A woken partition may be electing its leader.
+    assert_held(&cluster, keys.iter().enumerate().map(|(n, k)| (k.as_str(), (1 + n / 8).to_string())));
 }
 
 /// A node that comes back after membership declared it dead rejoins without deposing anyone: it asks first

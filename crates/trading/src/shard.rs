@@ -1,6 +1,6 @@
 //! One partition's trading state and the rules that change it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{
     Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
@@ -85,10 +85,13 @@ pub struct Shard {
     /// Closed holds that closed before this business time were forgotten; a reservation for an order placed
     /// before it is refused (its tombstone may be gone).
     holds_forgotten_before_ms: u64,
-    /// Derived: what each remembered `(user, key)` names.
-    idempotency: BTreeMap<(UserId, String), Remembered>,
+    /// Derived: what each remembered `(user, key)` names. Hashed, as is `held`: both are only looked up, never
+    /// walked, so their order cannot reach an outcome; every order looks both up, and an ordered map compared the
+    /// long shared prefixes of user ids a dozen and more times per lookup (the largest cost of a replica's apply in
+    /// a flash sale's profile).
+    idempotency: HashMap<(UserId, String), Remembered>,
     /// Derived: units each user holds of each product in confirmed or paid orders.
-    held: BTreeMap<(Sku, UserId), u64>,
+    held: HashMap<(Sku, UserId), u64>,
     /// Derived: confirmed orders by payment deadline.
     deadlines: BTreeSet<(u64, OrderId)>,
     /// Derived: orders whose saga has work left ([`Order::needs_driving`]), kept by [`Shard::order_changed`].

@@ -26,6 +26,18 @@ pub const MAX_KEY: usize = 256;
 /// The longest value, in bytes.
 pub const MAX_VALUE: usize = 16 * 1024;
 
+/// A request's JSON body, or the status and message of its refusal (code `invalid_request`): 413 past
+/// [`MAX_REQUEST`], 400 naming what is wrong otherwise. Every endpoint with a body answers the same way.
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, (StatusCode, String)> {
+    body.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (StatusCode::PAYLOAD_TOO_LARGE, format!("body: at most {MAX_REQUEST} bytes"))
+        } else {
+            (StatusCode::BAD_REQUEST, e.body_text())
+        }
+    })
+}
+
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -176,9 +188,9 @@ struct NewNode {
 
 /// `POST /v1/cluster/nodes`: adds a node (or re-announces its addresses); its replicas move to it.
 async fn add_node(State(node): State<Arc<Node>>, body: Result<Json<NewNode>, JsonRejection>) -> Response {
-    let Json(b) = match body {
+    let b = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
+        Err((status, message)) => return error(status, "invalid_request", message),
     };
     let ok_id = |s: &str| {
         !s.is_empty()
@@ -321,9 +333,9 @@ async fn kv_put(
     if let Some(r) = bad_key(&key) {
         return r;
     }
-    let Json(body) = match body {
+    let body = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()),
+        Err((status, message)) => return error(status, "invalid_request", message),
     };
     if body.value.len() > MAX_VALUE {
         return error(StatusCode::BAD_REQUEST, "invalid_request", format!("value: at most {MAX_VALUE} bytes"));

@@ -76,14 +76,7 @@ fn check_range(field: &str, value: u64, lo: u64, hi: u64) -> Result<(), Refusal>
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
-    b.map(|Json(t)| t).map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            let message = format!("body: at most {} bytes", crate::api::MAX_REQUEST);
-            Refusal { status: StatusCode::PAYLOAD_TOO_LARGE, code: "invalid_request", message }
-        } else {
-            invalid(e.body_text())
-        }
-    })
+    crate::api::json_body(b).map_err(|(status, message)| Refusal { status, code: "invalid_request", message })
 }
 
 fn product_json(p: &Product, partition: GroupId) -> Value {
@@ -340,6 +333,7 @@ pub fn openapi() -> Value {
     let unavailable =
         err("the partition has no leader (Retry-After given); retrying with the same idempotency key is safe");
     let unknown = err("the partition's leader stopped answering: the write may or may not have been applied");
+    let too_large = err(&format!("invalid_request: a body over {} bytes", crate::api::MAX_REQUEST));
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Rampart", "version": env!("CARGO_PKG_VERSION"),
@@ -349,7 +343,7 @@ pub fn openapi() -> Value {
                 "parameters": [id_param("sku")],
                 "put": {"summary": "Create a product with its initial stock",
                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewProduct"}}}},
-                        "responses": {"201": ok("created", "Product"), "409": err("already_exists"), "400": err("invalid_request"), "503": unavailable, "504": unknown}},
+                        "responses": {"201": ok("created", "Product"), "409": err("already_exists"), "400": err("invalid_request"), "413": too_large, "503": unavailable, "504": unknown}},
                 "get": {"summary": "A product and its stock",
                         "responses": {"200": ok("the product", "Product"), "404": err("unknown_sku"), "503": unavailable}}
             },
@@ -357,14 +351,14 @@ pub fn openapi() -> Value {
                 "parameters": [id_param("sku")],
                 "post": {"summary": "Add available stock",
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["qty"], "properties": {"qty": {"type": "integer", "minimum": 1, "maximum": MAX_STOCK}}}}}},
-                         "responses": {"200": ok("the new figures", "Product"), "404": err("unknown_sku"), "400": err("invalid_request"), "503": unavailable, "504": unknown}}
+                         "responses": {"200": ok("the new figures", "Product"), "404": err("unknown_sku"), "400": err("invalid_request"), "413": too_large, "503": unavailable, "504": unknown}}
             },
             "/v1/orders": {
                 "post": {"summary": "Place an order: every line reserved, or none",
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewOrder"}}}},
                          "responses": {"201": ok("placed and confirmed", "Order"), "200": ok("a retry: the original order", "Order"),
                                        "409": err("out_of_stock, limit_exceeded or idempotency_key_reused"), "404": err("unknown_sku"),
-                                       "400": err("invalid_request"), "503": unavailable, "504": unknown}}
+                                       "400": err("invalid_request"), "413": too_large, "503": unavailable, "504": unknown}}
             },
             "/v1/orders/{id}": {
                 "parameters": [id_param("id")],
@@ -382,7 +376,7 @@ pub fn openapi() -> Value {
             },
             "/v1/kv/{key}": {
                 "parameters": [{"name": "key", "in": "path", "required": true, "schema": {"type": "string", "maxLength": crate::api::MAX_KEY}}],
-                "put": {"summary": "Write a value", "responses": {"200": {"description": "written"}, "400": err("invalid_request"), "503": unavailable, "504": unknown}},
+                "put": {"summary": "Write a value", "responses": {"200": {"description": "written"}, "400": err("invalid_request"), "413": too_large, "503": unavailable, "504": unknown}},
                 "get": {"summary": "Read a value (linearizable)", "responses": {"200": {"description": "{key, value}"}, "404": err("not_found"), "503": unavailable}}
             },
             "/v1/cluster": {"get": {"summary": "Nodes, partitions, leaders and the ring epoch", "responses": {"200": {"description": "the cluster view"}}}},

@@ -849,6 +849,13 @@ fn bad_requests_are_refused_and_change_nothing() {
     }
     let long = format!("/v1/kv/{}", "k".repeat(300));
     assert_eq!(http("PUT", a, &long, Some(r#"{"value":"v"}"#)).expect("answer").0, 400);
+    // A body past the request limit answers 413, as the trading endpoints do; a value past its own limit, 400.
+    let huge = format!(r#"{{"value":"{}"}}"#, "v".repeat(100_000));
+    let (status, answer) = http("PUT", a, "/v1/kv/x", Some(&huge)).expect("answer");
+    assert_eq!((status, answer.contains("invalid_request")), (413, true), "{answer}");
+    let big = format!(r#"{{"value":"{}"}}"#, "v".repeat(20_000));
+    let (status, answer) = http("PUT", a, "/v1/kv/x", Some(&big)).expect("answer");
+    assert_eq!((status, answer.contains("value: at most")), (400, true), "{answer}");
     assert_eq!(http("GET", a, "/v1/kv/x", None).expect("answer").0, 404, "nothing was written");
     // An unknown path and a method a path does not serve are errors in the documented shape too.
     let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).expect("an error body is JSON");
@@ -873,7 +880,7 @@ fn bad_requests_are_refused_and_change_nothing() {
     // The requests above, timed under their route template (the key is not a label).
     let puts = r#"rampart_http_request_duration_seconds_count{method="PUT",route="/v1/kv/{key}"} "#;
     let count = metrics.lines().find_map(|l| l.strip_prefix(puts)).and_then(|n| n.parse::<u64>().ok());
-    assert_eq!(count, Some(5), "{metrics}");
+    assert_eq!(count, Some(7), "{metrics}");
     // Electing leaders wrote votes and entries: fsync'd commits, each timed.
     let commits = metrics
         .lines()

@@ -205,4 +205,7 @@ fn the_trading_api_keeps_its_contract() {
     let (s, doc) = http("GET", "/openapi.json", "");
     assert_eq!(s, 200);
     assert!(doc["paths"]["/v1/orders"]["post"].is_object(), "the OpenAPI document lists the order endpoint");
+    for (path, method) in [("/v1/orders", "post"), ("/v1/products/{sku}", "put"), ("/v1/kv/{key}", "put")] {
+        assert!(doc["paths"][path][method]["responses"]["413"].is_object(), "{method} {path} documents the body limit");
+    }
 }

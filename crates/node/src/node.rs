@@ -53,8 +53,11 @@ const FOUNDING_GRACE_MIN: Duration = Duration::from_secs(1);
 /// The most operations one entry carries.
 const BATCH_OPS_MAX: usize = 1024;
 /// Entries of one partition proposed and not yet applied. While they are all in flight, new operations queue
-/// and go together in the next entry: the busier a partition, the bigger its entries.
-const INFLIGHT_MAX: usize = 2;
+/// and go together in the next entry: the busier a partition, the bigger its entries. One: openraft sends a
+/// follower one append at a time, so a second entry in flight gained only the overlap of the leader's own fsync,
+/// and cost the hot partition twice the entries, each paying a commit and a Raft round on every replica
+/// (BENCHMARKS.md, "Hot-SKU flash sale").
+const INFLIGHT_MAX: usize = 1;
 /// How often a leader looks for unpaid orders past their deadline.
 const EXPIRY_EVERY: Duration = Duration::from_millis(500);
 

@@ -32,7 +32,8 @@ measure() {
   echo "$line" | awk -v name="$name" -v r="$round" -v ticks=$((t1 - t0)) -v ok="$ok" '{
     match($0, /"throughput_per_s":[0-9.]+/); rate = substr($0, RSTART + 19, RLENGTH - 19)
     match($0, /"p99_ms":[0-9.]+/); p99 = substr($0, RSTART + 9, RLENGTH - 9)
-    printf "%s round %d: %.0f/s  p99 %.2f ms  nodes %d ticks = %.0f us of CPU per request\n", name, r, rate, p99, ticks, ticks * 10000 / ok
+    match($0, /"max_ms":[0-9.]+/); mx = substr($0, RSTART + 9, RLENGTH - 9)
+    printf "%s round %d: %.0f/s  p99 %.2f ms  max %.1f ms  nodes %d ticks = %.0f us of CPU per request\n", name, r, rate, p99, mx, ticks, ticks * 10000 / ok
   }'
 }
 

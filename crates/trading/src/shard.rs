@@ -1,6 +1,6 @@
 //! One partition's trading state and the rules that change it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
@@ -88,10 +88,11 @@ pub struct Shard {
     /// Derived: what each remembered `(user, key)` names. Hashed, as is `held`: both are only looked up, never
     /// walked, so their order cannot reach an outcome; every order looks both up, and an ordered map compared the
     /// long shared prefixes of user ids a dozen and more times per lookup (the largest cost of a replica's apply in
-    /// a flash sale's profile).
-    idempotency: HashMap<(UserId, String), Remembered>,
+    /// a flash sale's profile). A hash trie (`imbl`), not a table: a table doubles all at once, and at a few
+    /// hundred thousand orders that rehash held a partition's applies, on every replica at once, for 150–200 ms.
+    idempotency: imbl::HashMap<(UserId, String), Remembered>,
     /// Derived: units each user holds of each product in confirmed or paid orders.
-    held: HashMap<(Sku, UserId), u64>,
+    held: imbl::HashMap<(Sku, UserId), u64>,
     /// Derived: confirmed orders by payment deadline.
     deadlines: BTreeSet<(u64, OrderId)>,
     /// Derived: orders whose saga has work left ([`Order::needs_driving`]), kept by [`Shard::order_changed`].

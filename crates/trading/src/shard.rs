@@ -89,7 +89,7 @@ pub struct Shard {
     /// walked, so their order cannot reach an outcome; every order looks both up, and an ordered map compared the
     /// long shared prefixes of user ids a dozen and more times per lookup (the largest cost of a replica's apply in
     /// a flash sale's profile). A hash trie (`imbl`), not a table: a table doubles all at once, and at a few
-    /// hundred thousand orders that rehash held a partition's applies, on every replica at once, for 150–200 ms.
+    /// hundred thousand orders that rehash held a partition's applies, on every replica at once, for 100–250 ms.
     idempotency: imbl::HashMap<(UserId, String), Remembered>,
     /// Derived: units each user holds of each product in confirmed or paid orders.
     held: imbl::HashMap<(Sku, UserId), u64>,

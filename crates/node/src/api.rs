@@ -16,7 +16,7 @@ use openraft::ServerState;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::node::{Node, Read, ReadResult, RequestError};
+use crate::node::{live_leader, Node, Read, ReadResult, RequestError};
 use crate::types::Op;
 
 /// The largest request body accepted.
@@ -155,8 +155,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
                 "replicas": target,
                 "voters": voters,
                 "moving": settled.map(|s| !s),
-                // A leader membership has declared dead is not shown (a follower keeps the last one it knew).
-                "leader": m.as_ref().and_then(|m| m.current_leader.filter(|l| !down.contains(l)).as_ref().and_then(name)),
+                "leader": m.as_ref().and_then(|m| live_leader(m, &down)).as_ref().and_then(name),
                 "term": m.as_ref().map(|m| m.current_term),
             })
         })
@@ -166,7 +165,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
         "replicas": cluster.config.meta_members(),
         "voters": meta.as_ref().map(|m| m.membership_config.membership().voter_ids().filter_map(|v| name(&v)).collect())
             as Option<Vec<String>>,
-        "leader": meta.as_ref().and_then(|m| m.current_leader.filter(|l| !down.contains(l)).as_ref().and_then(name)),
+        "leader": meta.as_ref().and_then(|m| live_leader(m, &down)).as_ref().and_then(name),
     });
     Json(json!({
         "nodes": nodes, "partitions": partitions, "ring_epoch": cluster.placement.epoch(),

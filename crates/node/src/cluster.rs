@@ -78,6 +78,15 @@ pub struct ClusterConfig {
     pub identity: Option<u64>,
 }
 
+/// Both identities, when both are known and differ: configurations of two different clusters. (One unknown, the
+/// configuration was recorded before the cluster was given its identity, or before identities existed.)
+pub fn other_identities(a: Option<u64>, b: Option<u64>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some(a), Some(b)) if a != b => Some((a, b)),
+        _ => None,
+    }
+}
+
 /// A change to the member list.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AdminOp {
@@ -123,13 +132,9 @@ impl ClusterConfig {
             let first = c.history.first().map_or(&[][..], Vec::as_slice);
             first.iter().map(|m| (m.clone(), c.addrs.get(&m.id).map(|a| a.peer.clone()))).collect()
         };
-        let identities_agree = match (self.identity, other.identity) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
         (self.partitions, self.replicas) == (other.partitions, other.replicas)
             && founders(self) == founders(other)
-            && identities_agree
+            && other_identities(self.identity, other.identity).is_none()
     }
 
     pub fn members(&self) -> &[Member] {

@@ -215,12 +215,12 @@ impl Node {
                 // A data directory of another cluster (another identity) must not bring its Raft state into this one.
                 let ours = recorded.as_ref().and_then(|r| r.identity);
                 let foreign = |c: &ClusterConfig| -> Result<(), StartError> {
-                    match (ours, c.identity) {
-                        (Some(a), Some(b)) if a != b => Err(StartError::Mismatch(format!(
+                    match crate::cluster::other_identities(ours, c.identity) {
+                        Some((a, b)) => Err(StartError::Mismatch(format!(
                             "this data directory belongs to cluster {a:x}, and the cluster at {addr} is {b:x}: give \
                              this node an empty --data-dir to join it"
                         ))),
-                        _ => Ok(()),
+                        None => Ok(()),
                     }
                 };
                 known.as_ref().map_or(Ok(()), foreign)?;
@@ -387,15 +387,14 @@ impl Node {
             // whatever configuration is in force by now.
             let cluster = first.clone();
             let mut later = Vec::new();
+            let peers = node.peers.nodes();
             for group in cluster.groups_of(me) {
                 let replicas = cluster.replicas(group);
                 // Without HTTP addresses (each founder knows only its own): every founder that creates a group
                 // must create it alike. (Raft messages find a replica by its id, never by this entry.)
                 let members: BTreeMap<RaftId, PeerNode> = replicas
                     .iter()
-                    .filter_map(|r| {
-                        node.peers.nodes().get(r).map(|n| (*r, PeerNode { http: String::new(), ..n.clone() }))
-                    })
+                    .filter_map(|r| peers.get(r).map(|n| (*r, PeerNode { http: String::new(), ..n.clone() })))
                     .collect();
                 if replicas.first() == Some(&me) {
                     node.create_group(group, members).await?;
@@ -732,7 +731,7 @@ impl Node {
                 let m = metrics.borrow_watched();
                 let voters: Vec<RaftId> = m.membership_config.membership().voter_ids().collect();
                 let dead = voters.iter().filter(|v| down.contains(v)).count();
-                m.current_leader.is_none_or(|l| down.contains(&l)) || dead * 2 >= voters.len().max(1)
+                live_leader(&m, &down).is_none() || dead * 2 >= voters.len().max(1)
             })
             .map(|(g, _)| g)
             .collect()
@@ -744,6 +743,12 @@ impl Node {
         let members = self.membership.members().into_iter();
         members.filter(|(m, _)| matches!(m.state, State::Dead | State::Left)).map(|(m, _)| raft_id(&m.id)).collect()
     }
+}
+
+/// The leader a group's metrics name, unless membership has declared its node dead (`down`): a follower whose
+/// pre-vote fails keeps the leader it last knew, however long that node has been dead.
+pub(crate) fn live_leader(m: &RaftMetrics<TypeConfig>, down: &BTreeSet<RaftId>) -> Option<RaftId> {
+    m.current_leader.filter(|l| !down.contains(l))
 }
 
 /// The founders' zones and weights decide every placement since the cluster was created: a restart whose

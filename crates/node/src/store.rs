@@ -83,9 +83,76 @@ type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 /// A write and what to do once it is on disk.
 type Job = (Write, Done);
 
-/// A group's log entries handed to the writer and not yet committed: readable from here until they are
-/// readable from the database (openraft reads an entry as soon as `append` returns, before it is durable).
-type Unflushed = Arc<std::sync::Mutex<BTreeMap<u64, EntryOf<C>>>>;
+/// The newest entries of a group's log, in memory: every entry handed to the writer and not yet committed
+/// (openraft reads an entry as soon as `append` returns, before it is durable), and the latest durable ones up to
+/// [`TAIL_ENTRIES_MAX`] entries and [`TAIL_BYTES_MAX`] encoded bytes. Replication and the state machine read the
+/// entries just appended; from here they read them without a database transaction or a decode.
+///
+/// **Invariant:** the tail is a suffix of the log. Every append enters it, truncation and purge remove the same
+/// indexes from it as from the database, and only its oldest entries leave it, and only once durable. So a range
+/// that starts at or above the tail's first index is in the tail wherever the log holds it, and the tail's last
+/// entry is the log's.
+#[derive(Debug, Default)]
+struct Tail {
+    entries: BTreeMap<u64, Cached>,
+    /// The encoded size of `entries`.
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Cached {
+    entry: EntryOf<C>,
+    bytes: usize,
+    /// Committed to the database: it may leave the tail.
+    durable: bool,
+}
+
+/// Durable entries the tail keeps, at most, per group.
+const TAIL_ENTRIES_MAX: usize = 256;
+/// Encoded bytes the tail keeps, at most, per group (entries not yet durable are kept beyond it).
+const TAIL_BYTES_MAX: usize = 1 << 20;
+
+impl Tail {
+    fn insert(&mut self, entry: EntryOf<C>, bytes: usize) {
+        self.bytes += bytes;
+        if let Some(old) = self.entries.insert(entry.index(), Cached { entry, bytes, durable: false }) {
+            self.bytes -= old.bytes;
+        }
+    }
+
+    /// Marks these entries committed to the database (an index appended again meanwhile keeps its newer entry,
+    /// not yet durable), then lets the oldest durable ones go beyond the bounds.
+    fn made_durable(&mut self, ids: &[LogIdOf<C>]) {
+        for id in ids {
+            if let Some(c) = self.entries.get_mut(&id.index()).filter(|c| c.entry.log_id() == *id) {
+                c.durable = true;
+            }
+        }
+        while self.entries.len() > TAIL_ENTRIES_MAX || self.bytes > TAIL_BYTES_MAX {
+            match self.entries.first_entry() {
+                Some(oldest) if oldest.get().durable => self.bytes -= oldest.remove().bytes,
+                _ => break,
+            }
+        }
+    }
+
+    /// The entries of `lo..=hi`, if the tail holds every one of them the log holds.
+    fn read(&self, lo: u64, hi: u64) -> Option<Vec<EntryOf<C>>> {
+        let first = *self.entries.keys().next()?;
+        (first <= lo).then(|| self.entries.range(lo..=hi).map(|(_, c)| c.entry.clone()).collect())
+    }
+
+    fn forget(&mut self, lo: u64, hi: u64) {
+        let gone: Vec<u64> = self.entries.range(lo..=hi).map(|(i, _)| *i).collect();
+        for i in gone {
+            if let Some(c) = self.entries.remove(&i) {
+                self.bytes -= c.bytes;
+            }
+        }
+    }
+}
+
+type SharedTail = Arc<std::sync::Mutex<Tail>>;
 
 /// Each group's latest committed index (encoded), not yet written.
 type PendingCommitted = Arc<std::sync::Mutex<BTreeMap<GroupId, Vec<u8>>>>;
@@ -132,8 +199,8 @@ pub struct Store {
     writer: Option<std_mpsc::Sender<Job>>,
     /// Committed indexes waiting for the writer's next transaction.
     committed: PendingCommitted,
-    /// Each group's appended entries not yet committed to the database.
-    unflushed: std::sync::Mutex<BTreeMap<GroupId, Unflushed>>,
+    /// Each group's newest log entries.
+    tails: std::sync::Mutex<BTreeMap<GroupId, SharedTail>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Snapshot files: written and fsync'd outside the writer thread, so a large snapshot never holds up
     /// the group commit every partition shares.
@@ -190,7 +257,7 @@ impl Store {
             states: Default::default(),
             writer: Some(tx),
             committed,
-            unflushed: Default::default(),
+            tails: Default::default(),
             thread: Some(thread),
             snapshots,
             stats,
@@ -316,8 +383,8 @@ impl Store {
 
     /// The log store of one partition group.
     pub fn log(self: &Arc<Self>, group: GroupId) -> LogStore {
-        let mut all = self.unflushed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        LogStore { store: self.clone(), group, unflushed: all.entry(group).or_default().clone() }
+        let mut all = self.tails.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        LogStore { store: self.clone(), group, tail: all.entry(group).or_default().clone() }
     }
 
     /// The state machine of one partition group, its state loaded from the group's snapshot (and checked);
@@ -457,8 +524,8 @@ impl Store {
         if let Ok(mut committed) = self.committed.lock() {
             committed.remove(&group);
         }
-        if let Ok(mut unflushed) = self.unflushed.lock() {
-            unflushed.remove(&group);
+        if let Ok(mut tails) = self.tails.lock() {
+            tails.remove(&group);
         }
         let snapshot: Option<SnapshotRef> = self.read_meta(group, SNAPSHOT_KEY)?;
         self.write(Box::new(move |txn| {
@@ -674,16 +741,21 @@ fn delete_entries(txn: &WriteTransaction, group: GroupId, lo: u64, hi: u64) -> i
 pub struct LogStore {
     store: Arc<Store>,
     group: GroupId,
-    unflushed: Unflushed,
+    tail: SharedTail,
 }
 
 impl LogStore {
     fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<EntryOf<C>>> {
         let Some((lo, hi)) = bounds(self.group, range) else { return Ok(Vec::new()) };
-        // The unflushed entries first: one that commits meanwhile is then in the database read below. Where both
-        // hold an index, the unflushed entry is the newer.
-        let mut out: BTreeMap<u64, EntryOf<C>> =
-            self.unflushed.lock().map_err(other)?.range(lo.1..=hi.1).map(|(i, e)| (*i, e.clone())).collect();
+        let mut out: BTreeMap<u64, EntryOf<C>> = {
+            let tail = self.tail.lock().map_err(other)?;
+            if let Some(entries) = tail.read(lo.1, hi.1) {
+                return Ok(entries);
+            }
+            // The tail first: an entry that commits meanwhile is then in the database read below. Where both hold
+            // an index, the tail's entry is the newer.
+            tail.entries.range(lo.1..=hi.1).map(|(i, c)| (*i, c.entry.clone())).collect()
+        };
         let txn = self.store.db.begin_read().map_err(other)?;
         let table = txn.open_table(LOGS).map_err(other)?;
         for item in table.range(lo..=hi).map_err(other)? {
@@ -697,27 +769,24 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> io::Result<Option<EntryOf<C>>> {
-        let unflushed = self.unflushed.lock().map_err(other)?.last_key_value().map(|(_, e)| e.clone());
+        if let Some((_, c)) = self.tail.lock().map_err(other)?.entries.last_key_value() {
+            return Ok(Some(c.entry.clone()));
+        }
         let txn = self.store.db.begin_read().map_err(other)?;
         let table = txn.open_table(LOGS).map_err(other)?;
-        let last = table.range((self.group, 0)..=(self.group, u64::MAX)).map_err(other)?.next_back();
-        let stored = match last {
+        match table.range((self.group, 0)..=(self.group, u64::MAX)).map_err(other)?.next_back() {
             Some(item) => {
                 let (k, v) = item.map_err(other)?;
                 let (g, i) = k.value();
-                Some(decode::<EntryOf<C>>(v.value(), &|| format!("group {g} log entry {i}"))?)
+                Ok(Some(decode::<EntryOf<C>>(v.value(), &|| format!("group {g} log entry {i}"))?))
             }
-            None => None,
-        };
-        Ok(match (unflushed, stored) {
-            (Some(u), Some(s)) => Some(if u.index() >= s.index() { u } else { s }),
-            (u, s) => u.or(s),
-        })
+            None => Ok(None),
+        }
     }
 
-    /// Forgets unflushed entries in `lo..=hi` once their removal from the database committed.
-    fn forget_unflushed(&self, lo: u64, hi: u64) -> io::Result<()> {
-        self.unflushed.lock().map_err(other)?.retain(|i, _| *i < lo || *i > hi);
+    /// Forgets the tail's entries in `lo..=hi` once their removal from the database committed.
+    fn forget(&self, lo: u64, hi: u64) -> io::Result<()> {
+        self.tail.lock().map_err(other)?.forget(lo, hi);
         Ok(())
     }
 
@@ -735,7 +804,7 @@ impl LogStore {
     async fn delete_range(&self, lo: u64, hi: u64) -> io::Result<()> {
         let group = self.group;
         self.store.write(Box::new(move |txn| delete_entries(txn, group, lo, hi))).await?;
-        self.forget_unflushed(lo, hi)
+        self.forget(lo, hi)
     }
 }
 
@@ -783,7 +852,7 @@ impl RaftLogStorage<C> for LogStore {
         self.store.read_committed(self.group)
     }
 
-    /// Returns once the entries are queued for the writer and readable (from memory until they commit); the
+    /// Returns once the entries are queued for the writer and readable (from the tail until they commit); the
     /// callback hears back once the transaction holding them is fsync'd. openraft calls this inside a group's
     /// core loop: the group goes on (sends the entries to its followers, takes the next writes) while the disk
     /// works.
@@ -803,9 +872,9 @@ impl RaftLogStorage<C> for LogStore {
             };
         let ids: Vec<LogIdOf<C>> = entries.iter().map(|e| e.log_id()).collect();
         {
-            let mut unflushed = self.unflushed.lock().map_err(other)?;
-            for entry in entries {
-                unflushed.insert(entry.index(), entry);
+            let mut tail = self.tail.lock().map_err(other)?;
+            for (entry, (_, bytes)) in entries.into_iter().zip(&rows) {
+                tail.insert(entry, bytes.len());
             }
         }
         let group = self.group;
@@ -816,16 +885,12 @@ impl RaftLogStorage<C> for LogStore {
             }
             Ok(())
         });
-        let unflushed = self.unflushed.clone();
+        let tail = self.tail.clone();
         let done: Done = Box::new(move |result| {
             if result.is_ok() {
-                // Readable from the database now. An index appended again meanwhile keeps its newer entry.
-                if let Ok(mut u) = unflushed.lock() {
-                    for id in &ids {
-                        if u.get(&id.index()).is_some_and(|e| e.log_id() == *id) {
-                            u.remove(&id.index());
-                        }
-                    }
+                // Readable from the database now: the tail may let them go.
+                if let Ok(mut t) = tail.lock() {
+                    t.made_durable(&ids);
                 }
             }
             // Reported only now: the transaction holding the entries has been fsynced (or failed).
@@ -850,7 +915,7 @@ impl RaftLogStorage<C> for LogStore {
                 delete_entries(txn, group, 0, upto)
             }))
             .await?;
-        self.forget_unflushed(0, upto)
+        self.forget(0, upto)
     }
 }
 
@@ -1154,6 +1219,62 @@ mod tests {
         assert_eq!(count(|r| matches!(r, Row::Hold(_))), 1);
         assert_eq!(count(|r| matches!(r, Row::ClosedHold { .. })), 1);
         assert_eq!(count(|r| matches!(r, Row::HoldsForgotten { before_ms: 1 })), 1);
+    }
+
+    /// The log reads the same through the tail as from the database: past the tail's bounds, after a truncation
+    /// and a purge, and across a restart (when the tail starts empty).
+    #[tokio::test]
+    async fn the_log_reads_alike_from_its_tail_and_from_the_database() {
+        use openraft::entry::RaftEntry;
+        use openraft::storage::IOFlushed;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let path = dir.path().join("rampart.redb");
+        let entry = |term: u64, i: u64| {
+            let value = format!("{term}-{i}-{}", "x".repeat(5_000));
+            let put = Op::Put { key: format!("k{i}"), value };
+            EntryOf::<C>::new_normal(
+                openraft::testing::log_id::<C>(term, 1, i),
+                crate::types::Command { at_ms: i, ops: vec![put] },
+            )
+        };
+        async fn append(log: &mut LogStore, entries: Vec<EntryOf<C>>) {
+            let (tx, rx) = <C as openraft::type_config::TypeConfigExt>::oneshot();
+            log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+            rx.await.expect("flushed").expect("durable");
+        }
+        let values = |entries: Vec<EntryOf<C>>| -> Vec<(u64, u64)> {
+            entries.iter().map(|e| (e.log_id().leader_id.term, e.index())).collect()
+        };
+        let store = Store::open(&path).expect("open");
+        let mut log = store.log(7);
+        // 1,000 entries of 5 KB: the tail keeps about 200 of them (1 MiB), the rest only the database holds.
+        for from in (1..=1_000).step_by(100) {
+            append(&mut log, (from..from + 100).map(|i| entry(1, i)).collect()).await;
+        }
+        let tail_first = *log.tail.lock().expect("tail").entries.keys().next().expect("a tail");
+        assert!(tail_first > 700 && tail_first < 1_000, "the tail is bounded: it starts at {tail_first}");
+        let all = |lo: u64, hi: u64, term_from: u64| -> Vec<(u64, u64)> {
+            (lo..=hi).map(|i| (if i >= term_from { 2 } else { 1 }, i)).collect()
+        };
+        assert_eq!(values(log.try_get_log_entries(1..=1_000).await.expect("read")), all(1, 1_000, u64::MAX));
+        assert_eq!(values(log.try_get_log_entries(990..).await.expect("read")), all(990, 1_000, u64::MAX));
+        assert_eq!(values(log.try_get_log_entries(600..=650).await.expect("read")), all(600, 650, u64::MAX));
+        // A new leader's entries replace the last 100: the tail then holds none of the old ones.
+        log.truncate_after(Some(openraft::testing::log_id::<C>(1, 1, 900))).await.expect("truncate");
+        assert_eq!(log.last_entry().expect("last").map(|e| e.index()), Some(900));
+        append(&mut log, (901..=950).map(|i| entry(2, i)).collect()).await;
+        assert_eq!(values(log.try_get_log_entries(850..).await.expect("read")), all(850, 950, 901));
+        log.purge(openraft::testing::log_id::<C>(1, 1, 899)).await.expect("purge");
+        assert_eq!(values(log.try_get_log_entries(900..).await.expect("read")), all(900, 950, 901));
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index()), Some(950));
+        drop(log);
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        let mut log = store.log(7);
+        assert!(log.tail.lock().expect("tail").entries.is_empty());
+        assert_eq!(values(log.try_get_log_entries(900..).await.expect("read")), all(900, 950, 901));
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id.map(|l| l.index()), Some(950));
     }
 
     /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.

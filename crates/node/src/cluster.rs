@@ -775,12 +775,18 @@ impl Node {
     }
 }
 
-/// Reconciles every [`RECONCILE_EVERY`] until the node is gone.
+/// Reconciles every [`RECONCILE_EVERY`] until the node is gone, or until a majority of the cluster refuses it
+/// as another cluster's (then it tells the node to stop).
 pub(crate) async fn reconcile_loop(node: std::sync::Weak<Node>) {
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     for round in 1u64.. {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
+        if let Some(why) = node.shut_out_reason() {
+            tracing::error!("{why}");
+            node.shut_out.send_replace(Some(why));
+            return;
+        }
         node.reconcile(round % SURVEY_EVERY == 0).await;
     }
 }

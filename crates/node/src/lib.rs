@@ -24,7 +24,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 /// Runs a node until `shutdown` resolves: starts it, serves the HTTP API on `--http`, then stops accepting,
-/// lets in-flight requests finish, and stops every Raft group (flushing storage).
+/// lets in-flight requests finish, and stops every Raft group (flushing storage). A node that a majority of its
+/// cluster refuses as another cluster's stops the same way and returns why ([`node::StartError::ShutOut`]).
 pub async fn run(
     config: config::NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -37,7 +38,16 @@ pub async fn run(
     });
     let node = node::Node::start(config).await?;
     tracing::info!("node {} serving HTTP on {http}, peers on {}", node.config.id, node.config.peer);
-    let served = axum::serve(listener, api::router(Arc::clone(&node))).with_graceful_shutdown(shutdown).await;
+    let mut shut_out = node.shut_out.subscribe();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = shut_out.wait_for(Option::is_some) => {}
+        }
+    };
+    let served = axum::serve(listener, api::router(Arc::clone(&node))).with_graceful_shutdown(stop).await;
     node.shutdown().await;
-    served.map_err(|e| node::StartError::Bind(http, e))
+    served.map_err(|e| node::StartError::Bind(http, e))?;
+    let why = node.shut_out.borrow().clone();
+    why.map_or(Ok(()), |why| Err(node::StartError::ShutOut(why)))
 }

@@ -117,6 +117,9 @@ pub struct Credentials {
     token: Option<ClusterToken>,
     /// The cluster's identity ([`crate::cluster::ClusterConfig::identity`]); 0 while unknown.
     identity: Arc<std::sync::atomic::AtomicU64>,
+    /// Peers (by peer address) whose last answer refused this node as another cluster's, and the identity each
+    /// holds; a peer that answers again leaves it.
+    refused_by: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 /// The header that carries the cluster's identity (hexadecimal).
@@ -140,8 +143,14 @@ impl Peers {
             nodes: Arc::new(RwLock::new(nodes)),
             lanes: Arc::default(),
             snapshot_chunk: snapshot_chunk.max(1),
-            credentials: Credentials { token, identity: Arc::default() },
+            credentials: Credentials { token, identity: Arc::default(), refused_by: Arc::default() },
         }
+    }
+
+    /// The peers (by peer address) whose last answer refused this node as a member of another cluster, and the
+    /// identity each holds.
+    pub fn refused_by(&self) -> BTreeMap<String, u64> {
+        self.credentials.refused_by.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Presents `identity` on every request from now on (once the configuration in force carries it).
@@ -326,6 +335,14 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
             false => CallError::Transport(addr.clone(), e.to_string()),
         })?;
         let status = response.status();
+        let theirs = response.headers().get(IDENTITY_HEADER).and_then(|v| v.to_str().ok());
+        let theirs = theirs.and_then(|v| u64::from_str_radix(v, 16).ok());
+        if let Ok(mut refused_by) = credentials.refused_by.lock() {
+            match (status, theirs) {
+                (StatusCode::CONFLICT, Some(theirs)) => refused_by.insert(addr.clone(), theirs),
+                _ => refused_by.remove(&addr),
+            };
+        }
         if status != StatusCode::OK {
             return Err(CallError::Status(addr.clone(), status));
         }

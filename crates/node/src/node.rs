@@ -76,6 +76,9 @@ pub enum StartError {
     Raft(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(std::net::SocketAddr, std::io::Error),
+    /// A majority of the cluster refuses this node as another cluster's ([`Node::shut_out_reason`]).
+    #[error("{0}")]
+    ShutOut(String),
 }
 
 /// How errors and logs name a group.
@@ -133,6 +136,8 @@ pub struct Node {
     pub peer_refused: std::sync::atomic::AtomicU64,
     /// Whether a peer request of another cluster was already logged (once is enough to name the problem).
     warned_identity: std::sync::atomic::AtomicBool,
+    /// Set once a majority of the cluster refuses this node as another cluster's: the node stops, saying why.
+    pub shut_out: tokio::sync::watch::Sender<Option<String>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -341,6 +346,7 @@ impl Node {
             snapshots_in: Default::default(),
             peer_refused: Default::default(),
             warned_identity: Default::default(),
+            shut_out: tokio::sync::watch::Sender::new(None),
             latency: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
@@ -705,6 +711,38 @@ impl Node {
             }
         }
     }
+    /// Why this node cannot take part in the cluster it knows, if a majority of that cluster's members answer
+    /// that they belong to another one: it was left from an earlier cluster founded alike on the same addresses,
+    /// and every peer of the new one refuses it (409). It never says so of a node that a minority refuses (a
+    /// healthy member of the new cluster, refused only by the stale node).
+    pub fn shut_out_reason(&self) -> Option<String> {
+        let cluster = self.cluster();
+        let ours = cluster.config.identity?;
+        let refused_by = self.peers.refused_by();
+        let members = cluster.config.members();
+        let refusing: Vec<(&str, u64)> = members
+            .iter()
+            .filter_map(|m| {
+                let addr = &cluster.config.addrs.get(&m.id)?.peer;
+                refused_by.get(addr).filter(|theirs| **theirs != ours).map(|theirs| (m.id.as_str(), *theirs))
+            })
+            .collect();
+        if refusing.len() * 2 <= members.len() {
+            return None;
+        }
+        let (names, theirs): (Vec<&str>, Vec<String>) =
+            refusing.iter().map(|(id, theirs)| (*id, format!("{theirs:x}"))).unzip();
+        Some(format!(
+            "{} of the {} members ({}) belong to cluster {}, and this node's data directory {} to cluster {ours:x}: \
+             it was left from an earlier cluster on the same addresses. The node stops: wipe that directory and \
+             start it again to join the cluster as it is now",
+            refusing.len(),
+            members.len(),
+            names.join(", "),
+            theirs.first().map_or("?", String::as_str),
+            self.config.data_dir.display(),
+        ))
+    }
 
     /// Leaves the cluster's membership, then stops every group and the peer server.
     pub async fn shutdown(&self) {
@@ -1061,7 +1099,9 @@ async fn admit_peer(
                      a data directory of an earlier cluster? Wipe it to join this one"
                 );
             }
-            return (StatusCode::CONFLICT, format!("this node belongs to cluster {ours:x}, not {theirs}"))
+            // The answer names our identity: a caller that a majority of its cluster refuses so stops.
+            let ours_header = [(crate::network::IDENTITY_HEADER, format!("{ours:x}"))];
+            return (StatusCode::CONFLICT, ours_header, format!("this node belongs to cluster {ours:x}, not {theirs}"))
                 .into_response();
         }
     }

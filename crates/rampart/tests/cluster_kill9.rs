@@ -74,10 +74,16 @@ impl Cluster {
             .args(["--initial-cluster", &initial.join(",")])
             .args(&self.settings)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log(i))
             .spawn()
             .expect("rampart serve starts");
         self.nodes[i] = Some(child);
+    }
+
+    /// Node `i`'s log (its stderr), kept beside its data directory across restarts.
+    fn log(&self, i: usize) -> std::fs::File {
+        let path = self.dir.path().join(format!("n{i}.log"));
+        std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file")
     }
 
     /// Sends node `i` SIGSTOP (`pause`) or SIGCONT: a process frozen whole, as by a long GC pause or a stalled VM.
@@ -650,7 +656,8 @@ fn identity(cluster: &Cluster, i: usize) -> String {
 
 /// A cluster re-created with the same founding list on the same addresses, one founder started on the data
 /// directory it kept from the earlier cluster: the two clusters have different identities, so the new one refuses
-/// the old node's Raft state, and none of the earlier cluster's values comes back.
+/// the old node's Raft state, none of the earlier cluster's values comes back, and the old node, refused by both
+/// peers, stops and says what to do.
 #[test]
 fn a_node_left_from_an_earlier_cluster_is_shut_out() {
     let mut cluster = Cluster::started(29_100, &["--partitions", "8"]);
@@ -684,9 +691,24 @@ fn a_node_left_from_an_earlier_cluster_is_shut_out() {
     for key in &keys[..8] {
         assert!(put(&cluster, 0, key, "new"), "{key} written in the new cluster");
     }
-    // n2 comes back on the data directory of the earlier cluster.
+    // n2 comes back on the data directory of the earlier cluster: both peers refuse it, so it stops by itself,
+    // unsuccessfully, and says what to do; the new cluster goes on without it.
     cluster.start(2);
-    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = cluster.nodes[2].as_mut().expect("n2 runs").try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "n2, shut out, still runs after 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    cluster.nodes[2] = None;
+    let log = std::fs::read_to_string(cluster.dir.path().join("n2.log")).expect("n2's log");
+    assert!(!status.success(), "n2 stopped unsuccessfully: {status}");
+    assert!(
+        log.contains(&format!("belong to cluster {new}")) && log.contains("wipe that directory and start it again"),
+        "{log}"
+    );
     assert_eq!(identity(&cluster, 0), new);
     for key in &keys[..8] {
         let got = read_settled(&cluster, 0, key);
@@ -698,7 +720,6 @@ fn a_node_left_from_an_earlier_cluster_is_shut_out() {
     }
     // Restarted with `--join` instead, it would be handed the new cluster's configuration (and identity): it is
     // refused before it starts, and told why.
-    cluster.kill9(2);
     let mut join = Command::new(env!("CARGO_BIN_EXE_rampart"));
     join.args(["serve", "--id", "n2", "--http", &cluster.http_addr(2).to_string()])
         .args(["--peer", &format!("127.0.0.1:{}", cluster.base + 52), "--partitions", "8"])

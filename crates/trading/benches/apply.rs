@@ -6,6 +6,8 @@
 //! `rows_view/*` takes the view a snapshot is encoded from, of a sold-out partition that remembers 100,000 refused
 //! orders and of one holding 100,000 saga legs of orders placed in other partitions.
 //!
+//! `build/*` applies 100,000 orders to a shard built from nothing, no part of it shared with a clone (as in a node).
+//!
 //! `cargo bench -p rampart-trading --bench apply`
 
 use std::collections::BTreeMap;
@@ -92,6 +94,15 @@ fn place_order(c: &mut Criterion) {
             }
         })
     });
+    group.finish();
+    // The cases above clone a shard and apply to the clone: the persistent maps then copy each path they change
+    // (nothing else shares them in a node). Here a shard is built from nothing, nothing shared: 100,000 orders,
+    // the mean cost of one as the shard grows.
+    let mut group = c.benchmark_group("build");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(100_000));
+    group.bench_function("hot_sku/100000_orders", |b| b.iter(|| std::hint::black_box(shard_with(100_000))));
+    group.bench_function("sold_out/100000_refused", |b| b.iter(|| std::hint::black_box(shard_with_stock(100_000, 0))));
     group.finish();
 }
 

@@ -1,6 +1,7 @@
 //! One partition's trading state and the rules that change it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 
 use crate::model::{
     Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
@@ -56,8 +57,30 @@ impl serde::Serialize for RowsView {
     }
 }
 
-/// What a remembered idempotency key names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The key of an index that is only looked up, never walked: ordered by a fixed hash of the key first. Every order
+/// looks up two such indexes. Ordered by the key itself, a lookup compared the long shared prefixes of user ids a
+/// dozen and more times (the largest cost of a replica's apply in a flash sale's profile); ordered by the hash, it
+/// compares 8-byte numbers, and the key's bytes only once, on a match. A B-tree, not a hash table, which doubles
+/// all at once (at a few hundred thousand orders that rehash held a partition's applies, on every replica at once,
+/// for 100–250 ms), nor a hash trie, which held an entry in twice the memory (`benches/memory.rs`). Colliding
+/// hashes cost a comparison of the keys, never a wrong answer, and since no walk of the index reaches an outcome,
+/// nothing depends on the hash but speed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Hashed<K> {
+    hash: u64,
+    key: K,
+}
+
+impl<K: Hash> Hashed<K> {
+    fn new(key: K) -> Hashed<K> {
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        key.hash(&mut hasher);
+        Hashed { hash: hasher.finish(), key }
+    }
+}
+
+/// What a remembered idempotency key names. The order or the refusal holds the key itself.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Remembered {
     Placed(OrderId),
     /// The refusal's sequence number in [`Shard::refusals`].
@@ -85,20 +108,18 @@ pub struct Shard {
     /// Closed holds that closed before this business time were forgotten; a reservation for an order placed
     /// before it is refused (its tombstone may be gone).
     holds_forgotten_before_ms: u64,
-    /// Derived: what each remembered `(user, key)` names. Hashed, as is `held`: both are only looked up, never
-    /// walked, so their order cannot reach an outcome; every order looks both up, and an ordered map compared the
-    /// long shared prefixes of user ids a dozen and more times per lookup (the largest cost of a replica's apply in
-    /// a flash sale's profile). A hash trie (`imbl`), not a table: a table doubles all at once, and at a few
-    /// hundred thousand orders that rehash held a partition's applies, on every replica at once, for 100–250 ms.
-    idempotency: imbl::HashMap<(UserId, String), Remembered>,
+    /// Derived: what each remembered `(user, key)` names. Keyed by [`Hashed`], as is `held`: both are only looked
+    /// up, never walked.
+    idempotency: BTreeMap<Hashed<(UserId, String)>, Remembered>,
     /// Derived: units each user holds of each product in confirmed or paid orders.
-    held: imbl::HashMap<(Sku, UserId), u64>,
+    held: BTreeMap<Hashed<(Sku, UserId)>, u64>,
     /// Derived: confirmed orders by payment deadline.
     deadlines: BTreeSet<(u64, OrderId)>,
     /// Derived: orders whose saga has work left ([`Order::needs_driving`]), kept by [`Shard::order_changed`].
     driving: BTreeSet<OrderId>,
-    /// Derived: idempotency records by the time they were made.
-    remembered: BTreeSet<(u64, UserId, String)>,
+    /// Derived: idempotency records by the time they were made (each names its order or refusal, which holds
+    /// the user and the key: no third copy of them here).
+    remembered: BTreeSet<(u64, Remembered)>,
     /// Derived: closed holds by the time they closed.
     closing: BTreeSet<(u64, OrderId)>,
 }
@@ -126,8 +147,8 @@ impl Shard {
                 }
                 Row::Order(o) => {
                     if !o.key_released {
-                        let key = (o.user_id.clone(), o.idempotency_key.clone());
-                        shard.remembered.insert((o.placed_ms, key.0.clone(), key.1.clone()));
+                        let key = Hashed::new((o.user_id.clone(), o.idempotency_key.clone()));
+                        shard.remembered.insert((o.placed_ms, Remembered::Placed(o.id.clone())));
                         if shard.idempotency.insert(key, Remembered::Placed(o.id.clone())).is_some() {
                             return Err(RestoreError::Inconsistent(format!(
                                 "order {}: its key is remembered twice",
@@ -155,8 +176,8 @@ impl Shard {
                 Row::Refusal { seq, refusal } => {
                     // Each remembered refusal has a sequence number of its own, below the next one, and a key no
                     // other record has: a retry's lookup by key then always finds its refusal.
-                    let key = (refusal.user_id.clone(), refusal.key.clone());
-                    shard.remembered.insert((refusal.at_ms, key.0.clone(), key.1.clone()));
+                    let key = Hashed::new((refusal.user_id.clone(), refusal.key.clone()));
+                    shard.remembered.insert((refusal.at_ms, Remembered::Refused(seq)));
                     let twice = shard.idempotency.insert(key, Remembered::Refused(seq)).is_some()
                         || shard.refusals.insert(seq, refusal).is_some();
                     if twice || seq >= shard.next_refusal {
@@ -188,7 +209,7 @@ impl Shard {
             }
             for line in o.items.iter().filter(|l| l.remote.is_none()) {
                 let units = u64::from(line.qty);
-                *shard.held.entry((line.sku.clone(), o.user_id.clone())).or_default() += units;
+                *shard.held.entry(Hashed::new((line.sku.clone(), o.user_id.clone()))).or_default() += units;
                 let to = if o.status == OrderStatus::Paid { &mut sold } else { &mut reserved };
                 *to.entry(line.sku.clone()).or_default() += units;
             }
@@ -201,7 +222,7 @@ impl Shard {
             };
             for line in &h.items {
                 let units = u64::from(line.qty);
-                *shard.held.entry((line.sku.clone(), h.user_id.clone())).or_default() += units;
+                *shard.held.entry(Hashed::new((line.sku.clone(), h.user_id.clone()))).or_default() += units;
                 *to.entry(line.sku.clone()).or_default() += units;
             }
         }
@@ -259,7 +280,7 @@ impl Shard {
     /// the leader proposes one only then.
     pub fn has_expiry_work(&self, now_ms: u64, forget_before_ms: u64) -> bool {
         self.deadlines.first().is_some_and(|(d, _)| *d <= now_ms)
-            || self.remembered.first().is_some_and(|(at, _, _)| *at < forget_before_ms)
+            || self.remembered.first().is_some_and(|(at, _)| *at < forget_before_ms)
             || self.closing.first().is_some_and(|(at, _)| *at < forget_before_ms)
     }
 
@@ -391,7 +412,7 @@ impl Shard {
         pay_deadline_ms: u64,
         remote: &BTreeMap<Sku, u32>,
     ) -> Result<Outcome, Rejection> {
-        let record_key = (user_id.clone(), key.to_owned());
+        let record_key = Hashed::new((user_id.clone(), key.to_owned()));
         match self.idempotency.get(&record_key) {
             Some(Remembered::Placed(id)) => {
                 let order = &self.orders[id];
@@ -468,9 +489,9 @@ impl Shard {
                 Ok(id)
             }
         };
-        self.remembered.insert((now, user_id.clone(), key.to_owned()));
         match answer {
             Ok(id) => {
+                self.remembered.insert((now, Remembered::Placed(id.clone())));
                 self.idempotency.insert(record_key, Remembered::Placed(id.clone()));
                 Ok(Outcome::Order { order: self.orders[&id].clone(), replayed: false })
             }
@@ -485,6 +506,7 @@ impl Shard {
                     rejection: rejection.clone(),
                 };
                 self.refusals.insert(seq, refusal);
+                self.remembered.insert((now, Remembered::Refused(seq)));
                 self.idempotency.insert(record_key, Remembered::Refused(seq));
                 Err(rejection)
             }
@@ -536,7 +558,7 @@ impl Shard {
             return Err(Rejection::OutOfStock { sku: item.sku.clone(), available: p.available });
         }
         if let Some(max) = p.max_per_user {
-            let held = self.held.get(&(item.sku.clone(), user.clone())).copied().unwrap_or(0);
+            let held = self.held.get(&Hashed::new((item.sku.clone(), user.clone()))).copied().unwrap_or(0);
             if held + qty > u64::from(max) {
                 return Err(Rejection::LimitExceeded { sku: item.sku.clone(), max_per_user: max });
             }
@@ -552,7 +574,7 @@ impl Shard {
             p.available = p.available.checked_sub(qty).expect("checked before");
             p.reserved += qty;
             assert_stock(p);
-            let held = self.held.entry((line.sku.clone(), user.clone())).or_default();
+            let held = self.held.entry(Hashed::new((line.sku.clone(), user.clone()))).or_default();
             *held += qty;
             if let Some(max) = p.max_per_user {
                 assert!(*held <= u64::from(max), "{}: user {user} holds {held} > {max}", line.sku);
@@ -568,7 +590,7 @@ impl Shard {
             p.reserved = p.reserved.checked_sub(qty).expect("reserved stock covers every held line");
             p.available += qty;
             assert_stock(p);
-            let key = (line.sku.clone(), user.clone());
+            let key = Hashed::new((line.sku.clone(), user.clone()));
             let held = self.held.get_mut(&key).expect("a reserved line's units are held");
             *held = held.checked_sub(qty).expect("held units cover every reserved line");
             if *held == 0 {
@@ -754,22 +776,21 @@ impl Shard {
             orders += 1;
         }
         let mut forgotten = 0;
-        while let Some((at, user, key)) = self.remembered.first().cloned() {
-            if at >= forget_before_ms {
-                break;
-            }
-            self.remembered.pop_first();
-            match self.idempotency.remove(&(user, key)) {
-                Some(Remembered::Placed(id)) => {
+        while self.remembered.first().is_some_and(|(at, _)| *at < forget_before_ms) {
+            let Some((_, record)) = self.remembered.pop_first() else { break };
+            match record {
+                Remembered::Placed(id) => {
                     if let Some(order) = self.orders.get_mut(&id) {
+                        self.idempotency.remove(&Hashed::new((order.user_id.clone(), order.idempotency_key.clone())));
                         order.key_released = true;
                         self.order_changed(id);
                     }
                 }
-                Some(Remembered::Refused(seq)) => {
-                    self.refusals.remove(&seq);
+                Remembered::Refused(seq) => {
+                    if let Some(refusal) = self.refusals.remove(&seq) {
+                        self.idempotency.remove(&Hashed::new((refusal.user_id, refusal.key)));
+                    }
                 }
-                None => {}
             }
             forgotten += 1;
         }

@@ -14,7 +14,7 @@ use rampart_trading::{
     Command, Item, Order, OrderId, OrderStatus, Outcome, Product, Rejection, Sku, UserId, MAX_ITEMS, MAX_PRICE_CENTS,
     MAX_QTY, MAX_STOCK,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api::{error, request_error};
@@ -86,14 +86,41 @@ fn product_json(p: &Product, partition: GroupId) -> Value {
     })
 }
 
-fn order_json(o: &Order) -> Value {
-    let items: Vec<Value> =
-        o.items.iter().map(|l| json!({"sku": l.sku.0, "qty": l.qty, "price_cents": l.price_cents})).collect();
-    json!({
-        "order_id": o.id.0, "status": o.status.as_str(), "items": items, "total_cents": o.total_cents,
-        "user_id": o.user_id.0, "idempotency_key": o.idempotency_key, "placed_ms": o.placed_ms,
-        "pay_deadline_ms": o.pay_deadline_ms, "closed_ms": o.closed_ms,
-        "rejection": o.rejection.as_ref().map(ToString::to_string),
+/// An order as the API shows it, serialized straight from the order (the hot path of a flash sale answers one
+/// per request).
+#[derive(Serialize)]
+struct OrderView<'a> {
+    order_id: &'a str,
+    status: &'static str,
+    items: Vec<LineView<'a>>,
+    total_cents: u64,
+    user_id: &'a str,
+    idempotency_key: &'a str,
+    placed_ms: u64,
+    pay_deadline_ms: u64,
+    closed_ms: Option<u64>,
+    rejection: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LineView<'a> {
+    sku: &'a str,
+    qty: u32,
+    price_cents: u64,
+}
+
+fn order_json(o: &Order) -> Json<OrderView<'_>> {
+    Json(OrderView {
+        order_id: &o.id.0,
+        status: o.status.as_str(),
+        items: o.items.iter().map(|l| LineView { sku: &l.sku.0, qty: l.qty, price_cents: l.price_cents }).collect(),
+        total_cents: o.total_cents,
+        user_id: &o.user_id.0,
+        idempotency_key: &o.idempotency_key,
+        placed_ms: o.placed_ms,
+        pay_deadline_ms: o.pay_deadline_ms,
+        closed_ms: o.closed_ms,
+        rejection: o.rejection.as_ref().map(ToString::to_string),
     })
 }
 
@@ -131,7 +158,7 @@ async fn trade(node: &Node, group: GroupId, command: Command, created: StatusCod
                 return rejection(r);
             }
             let status = if replayed { StatusCode::OK } else { created };
-            (status, Json(order_json(&order))).into_response()
+            (status, order_json(&order)).into_response()
         }
         Ok(OpOutcome::Trade(Outcome::Rejected { rejection: r, .. })) => rejection(&r),
         Ok(other) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
@@ -285,7 +312,7 @@ async fn get_order(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Res
         Err(r) => return r.into_response(),
     };
     match node.query(group, Read::Order(id.clone())).await {
-        Ok(ReadResult::Order(Some(o))) => Json(order_json(&o)).into_response(),
+        Ok(ReadResult::Order(Some(o))) => order_json(&o).into_response(),
         Ok(_) => error(StatusCode::NOT_FOUND, "unknown_order", format!("no order {id}")),
         Err(e) => request_error(e),
     }

@@ -40,6 +40,8 @@ type C = TypeConfig;
 pub const MAX_BODY: usize = 64 << 20;
 /// A Raft RPC that takes longer than this is treated as lost.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time an append carrying entries is given (see `append_entries`).
+const APPEND_TTL_MIN: Duration = Duration::from_secs(1);
 /// Batches of Raft messages in flight to one peer. Messages raised while they are out wait and leave together in
 /// the next batch: the more load, the larger the batches, and the fewer requests per message.
 pub const LANE_WINDOW: usize = 1;
@@ -459,7 +461,13 @@ impl GroupRouter<C, GroupId> for Peers {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.raft_call(target, group, RaftOp::Append, &rpc, ttl(&option)).await.map_err(unreachable)
+        // openraft gives an append one heartbeat interval (40 ms by default). Under load an append can wait behind
+        // its lane's batch in flight and then a follower's fsync for longer; timing it out broke the replication
+        // stream, which openraft resumes only after a backoff: the partition took nothing for 210-290 ms, every
+        // request in flight at once. So an append gets at least `APPEND_TTL_MIN` (openraft's heartbeat worker
+        // still bounds its own heartbeats by the interval). A follower that is gone refuses the connection at once;
+        // one that hangs costs its own stream this long while the others commit.
+        self.raft_call(target, group, RaftOp::Append, &rpc, ttl(&option).max(APPEND_TTL_MIN)).await.map_err(unreachable)
     }
 
     async fn vote(

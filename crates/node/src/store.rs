@@ -644,6 +644,9 @@ fn migrate_state_rows(db: &Database, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A durable commit this slow is logged (each one holds up every partition's appends on the node).
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCommitted, stats: &StoreStats) {
     loop {
         let (batch, closing) = match rx.recv_timeout(IDLE_FLUSH) {
@@ -675,6 +678,8 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
         stats.writes.fetch_add((batch.len() + pending.len()) as u64, Relaxed);
         let (writes, dones): (Vec<Write>, Vec<Done>) = batch.into_iter().unzip();
         let started = std::time::Instant::now();
+        let mut written = started;
+        let count = writes.len();
         let result = (|| {
             let mut txn = db.begin_write().map_err(other)?;
             if !durable {
@@ -688,13 +693,24 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
                 meta.insert((*group, "committed"), bytes.as_slice()).map_err(other)?;
             }
             drop(meta);
+            written = std::time::Instant::now();
             txn.commit().map_err(other)
         })();
         if let Err(e) = &result {
             tracing::error!("storage commit failed: {e}");
         } else if durable {
+            let took = started.elapsed();
             if let Ok(mut h) = stats.durable_commit_seconds.lock() {
-                h.record(started.elapsed());
+                h.record(took);
+            }
+            // Every partition's appends on this node waited for it: worth a line in the log.
+            if took >= SLOW_COMMIT {
+                tracing::warn!(
+                    "slow storage commit: {} ms ({} ms for its {count} writes, {} ms to commit and fsync)",
+                    took.as_millis(),
+                    (written - started).as_millis(),
+                    written.elapsed().as_millis()
+                );
             }
         }
         for done in dones {
@@ -1074,9 +1090,19 @@ impl RaftSnapshotBuilder<C> for SnapshotView {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
         let (meta, kv, trade) = self.taken.take().unwrap_or_else(|| Err(other("the snapshot was already built")))?;
+        let started = std::time::Instant::now();
         let encode = move || postcard::to_allocvec(&SnapshotBlobRef { kv: KvRows(&kv), trade: &trade }).map_err(other);
         let data = tokio::task::spawn_blocking(encode).await.map_err(other)??;
+        let encoded = started.elapsed();
         let data = self.store.record_snapshot(self.group, &meta, data, true).await?;
+        tracing::info!(
+            "{}: snapshot at {} built, {} bytes, encoded in {} ms, written and recorded in {} ms",
+            crate::node::group_name(self.group),
+            meta.last_log_id.map_or(0, |l| l.index()),
+            data.len(),
+            encoded.as_millis(),
+            (started.elapsed() - encoded).as_millis()
+        );
         Ok(SnapshotOf::<C, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) })
     }
 }

@@ -128,7 +128,8 @@ struct Shared {
     issued: AtomicU64,
     hist: Mutex<Histogram<u64>>,
     last_ok: Mutex<Instant>,
-    max_gap: Mutex<Duration>,
+    /// The longest time without an acknowledged request, and when it ended.
+    max_gap: Mutex<(Duration, Instant)>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -207,7 +208,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         issued: AtomicU64::new(0),
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")?),
         last_ok: Mutex::new(Instant::now()),
-        max_gap: Mutex::new(Duration::ZERO),
+        max_gap: Mutex::new((Duration::ZERO, Instant::now())),
     });
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_s);
@@ -271,7 +272,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                             let _ = h.record((now - t0).as_micros().max(1) as u64);
                         }
                         if let (Ok(mut last), Ok(mut gap)) = (shared.last_ok.lock(), shared.max_gap.lock()) {
-                            *gap = (*gap).max(now - *last);
+                            if now - *last > gap.0 {
+                                *gap = (now - *last, now);
+                            }
                             *last = now;
                         }
                     } else {
@@ -316,7 +319,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let errors = shared.errors.load(Ordering::Relaxed);
     let hist = shared.hist.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("histogram poisoned"))?;
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
-    let gap = shared.max_gap.lock().map(|g| g.as_secs_f64() * 1000.0).unwrap_or_default();
+    let (gap, gap_ended) = shared.max_gap.lock().map(|g| *g).map_err(|_| anyhow::anyhow!("gap poisoned"))?;
+    let gap_at = gap_ended.saturating_duration_since(started).as_secs_f64();
+    let gap = gap.as_secs_f64() * 1000.0;
     let out = if args.json {
         format!(
             "{}\n",
@@ -324,11 +329,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "workload": args.workload.name(), "clients": args.clients, "duration_s": elapsed, "ok": ok,
                 "throughput_per_s": ok as f64 / elapsed, "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
                 "max_ms": hist.max() as f64 / 1000.0, "errors": errors, "longest_gap_ms": gap,
+                "longest_gap_ended_s": gap_at,
             })
         )
     } else {
         format!(
-            "{}  clients={}  {ok} ok in {elapsed:.1} s = {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  errors {errors}  longest gap {gap:.0} ms\n",
+            "{}  clients={}  {ok} ok in {elapsed:.1} s = {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  errors {errors}  longest gap {gap:.0} ms (ended at {gap_at:.1} s)\n",
             args.workload.name(),
             args.clients,
             ok as f64 / elapsed,

@@ -40,7 +40,7 @@ type C = TypeConfig;
 pub const MAX_BODY: usize = 64 << 20;
 /// A Raft RPC that takes longer than this is treated as lost.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
-/// The least time an append carrying entries is given (see `append_entries`).
+/// The least time an append is given (see `append_entries`).
 const APPEND_TTL_MIN: Duration = Duration::from_secs(1);
 /// Batches of Raft messages in flight to one peer. Messages raised while they are out wait and leave together in
 /// the next batch: the more load, the larger the batches, and the fewer requests per message.

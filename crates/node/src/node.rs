@@ -137,7 +137,7 @@ pub struct Node {
     /// Whether a peer request of another cluster was already logged (once is enough to name the problem).
     warned_identity: std::sync::atomic::AtomicBool,
     /// Set once a majority of the cluster refuses this node as another cluster's: the node stops, saying why.
-    pub shut_out: tokio::sync::watch::Sender<Option<String>>,
+    pub(crate) shut_out: tokio::sync::watch::Sender<Option<String>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -715,7 +715,7 @@ impl Node {
     /// that they belong to another one: it was left from an earlier cluster founded alike on the same addresses,
     /// and every peer of the new one refuses it (409). It never says so of a node that a minority refuses (a
     /// healthy member of the new cluster, refused only by the stale node).
-    pub fn shut_out_reason(&self) -> Option<String> {
+    pub(crate) fn shut_out_reason(&self) -> Option<String> {
         let cluster = self.cluster();
         let ours = cluster.config.identity?;
         let refused_by = self.peers.refused_by();
@@ -727,19 +727,18 @@ impl Node {
                 refused_by.get(addr).filter(|theirs| **theirs != ours).map(|theirs| (m.id.as_str(), *theirs))
             })
             .collect();
+        let &(_, theirs) = refusing.first()?;
         if refusing.len() * 2 <= members.len() {
             return None;
         }
-        let (names, theirs): (Vec<&str>, Vec<String>) =
-            refusing.iter().map(|(id, theirs)| (*id, format!("{theirs:x}"))).unzip();
+        let names: Vec<&str> = refusing.iter().map(|(id, _)| *id).collect();
         Some(format!(
-            "{} of the {} members ({}) belong to cluster {}, and this node's data directory {} to cluster {ours:x}: \
-             it was left from an earlier cluster on the same addresses. The node stops: wipe that directory and \
-             start it again to join the cluster as it is now",
+            "{} of the {} members ({}) belong to cluster {theirs:x}, and this node's data directory {} to cluster \
+             {ours:x}: it was left from an earlier cluster on the same addresses. The node stops: wipe that directory \
+             and start it again to join the cluster as it is now",
             refusing.len(),
             members.len(),
             names.join(", "),
-            theirs.first().map_or("?", String::as_str),
             self.config.data_dir.display(),
         ))
     }

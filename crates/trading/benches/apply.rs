@@ -10,24 +10,15 @@
 //!
 //! `cargo bench -p rampart-trading --bench apply`
 
-use std::collections::BTreeMap;
+mod common;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rampart_trading::{Command, Item, OrderId, Shard, Sku, Stamped, UserId};
 
-const SKU: &str = "flash-sale-hot-sku";
+use common::SKU;
 
 fn order(n: u64) -> Stamped {
-    Stamped {
-        at_ms: 1_700_000_000_000 + n / 10,
-        command: Command::PlaceOrder {
-            user_id: UserId(format!("bench-run-customer-{n}")),
-            idempotency_key: format!("key-{n}"),
-            items: vec![Item { sku: Sku(SKU.into()), qty: 1 }],
-            pay_deadline_ms: 1_700_000_900_000 + n / 10,
-            remote: BTreeMap::new(),
-        },
-    }
+    common::order(n, format!("bench-run-customer-{n}"), format!("key-{n}"))
 }
 
 /// A shard holding one hot product and `orders` orders for it.
@@ -41,15 +32,7 @@ const PLENTY: u64 = 1_000_000_000;
 /// A shard holding one hot product of `stock` units, after `orders` one-unit orders for it (past the stock, each
 /// a remembered refusal).
 fn shard_with_stock(orders: u64, stock: u64) -> Shard {
-    let mut shard = Shard::new(7);
-    let create = Command::CreateProduct {
-        sku: Sku(SKU.into()),
-        name: "hot".into(),
-        price_cents: 1999,
-        stock,
-        max_per_user: Some(1),
-    };
-    shard.apply(&Stamped { at_ms: 1_700_000_000_000, command: create });
+    let mut shard = common::hot_product(stock);
     for n in 0..orders {
         shard.apply(&order(n));
     }

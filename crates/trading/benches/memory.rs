@@ -5,43 +5,26 @@
 //!
 //! `cargo bench -p rampart-trading --bench memory`
 
-use std::alloc::System;
-use std::collections::BTreeMap;
+mod common;
 
-use rampart_trading::{Command, Item, Shard, Sku, Stamped, UserId};
+use std::alloc::System;
+
+use rampart_trading::Stamped;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-const SKU: &str = "flash-sale-hot-sku";
 const ORDERS: u64 = 200_000;
 
 /// Order `n` as `rampart bench --workload flash-sale` makes it: a user id of the run, the client and the count.
 fn order(n: u64) -> Stamped {
-    Stamped {
-        at_ms: 1_700_000_000_000 + n / 10,
-        command: Command::PlaceOrder {
-            user_id: UserId(format!("1764270000-c{}-{n}", n % 64)),
-            idempotency_key: format!("k{n}"),
-            items: vec![Item { sku: Sku(SKU.into()), qty: 1 }],
-            pay_deadline_ms: 1_700_000_900_000 + n / 10,
-            remote: BTreeMap::new(),
-        },
-    }
+    common::order(n, format!("1764270000-c{}-{n}", n % 64), format!("k{n}"))
 }
 
 /// Heap bytes the shard holds per order after `ORDERS` orders for a product of `stock` units.
 fn per_order(stock: u64) -> f64 {
-    let mut shard = Shard::new(7);
-    let create = Command::CreateProduct {
-        sku: Sku(SKU.into()),
-        name: "hot".into(),
-        price_cents: 1999,
-        stock,
-        max_per_user: Some(1),
-    };
-    shard.apply(&Stamped { at_ms: 1_700_000_000_000, command: create });
+    let mut shard = common::hot_product(stock);
     let region = Region::new(GLOBAL);
     for n in 0..ORDERS {
         shard.apply(&order(n));

@@ -5,27 +5,35 @@
 //! every message queued for that peer (from any group) into one `POST /raft/batch`, with at most
 //! [`LANE_WINDOW`] batches in flight. Messages raised together (a heartbeat round of every group this node
 //! leads, a burst of appends) so cost one request, one set of HTTP/2 frames and one wake-up of the peer, not one
-//! each; the server hands each message to its group's Raft, concurrently, and answers them in order. Snapshots
+//! each; the server hands a lane's batches to the groups in the order they were sent ([`LaneTurns`]), each
+//! message to its group's Raft, concurrently, and answers them in order. A leader's appends to a follower are
+//! pipelined ([`GroupLink::stream_append`]). Snapshots
 //! go alone on `/raft/{group}/snapshot`. Any failure on the way (peer down, timeout, group not hosted there) is
 //! reported to openraft as `Unreachable`, which makes it back off and retry; it never stops a group.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{header, Request, StatusCode};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, Stream, StreamExt};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::OptionalSend;
-use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -42,9 +50,13 @@ pub const MAX_BODY: usize = 64 << 20;
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// The least time an append is given (see `append_entries`).
 const APPEND_TTL_MIN: Duration = Duration::from_secs(1);
+/// A group's appends to one follower that may be unanswered at once (see [`GroupLink::stream_append`]).
+const APPEND_PIPELINE: usize = 8;
 /// Batches of Raft messages in flight to one peer. Messages raised while they are out wait and leave together in
-/// the next batch: the more load, the larger the batches, and the fewer requests per message.
-pub const LANE_WINDOW: usize = 1;
+/// the next batch: the more load, the larger the batches, and the fewer requests per message. Two, so that an
+/// append does not wait behind a batch of commit notices or heartbeats that is out (BENCHMARKS.md, "Pipelined
+/// appends").
+pub const LANE_WINDOW: usize = 2;
 /// The most messages in one batch.
 const BATCH_MESSAGES: usize = 512;
 /// A batch is closed once its message bodies reach this size (a single larger message still goes, alone).
@@ -174,7 +186,7 @@ impl Peers {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let addr = peer_addr(&self.nodes, target)?;
-        exchange(&self.client, &self.credentials, addr, path, req, timeout).await
+        exchange(&self.client, &self.credentials, addr, path, None, req, timeout).await
     }
 
     /// Adds or updates a node's addresses.
@@ -193,28 +205,34 @@ impl Peers {
         token: Option<&ClusterToken>,
     ) -> Result<Resp, CallError> {
         let peers = Peers::new(BTreeMap::new(), 1, token.cloned());
-        exchange(&peers.client, &peers.credentials, addr.to_string(), path, req, timeout).await
+        exchange(&peers.client, &peers.credentials, addr.to_string(), path, None, req, timeout).await
     }
 
-    /// Sends one Raft message through `target`'s lane and decodes the answer.
-    async fn raft_call<Req: Serialize, Resp: DeserializeOwned>(
+    /// Queues one Raft message on `target`'s lane at once, so that messages queued one after another leave (and
+    /// are handed to the peer's Raft) in that order, and returns what waits for the decoded answer.
+    fn raft_send<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: RaftId,
         group: GroupId,
         op: RaftOp,
         req: &Req,
         timeout: Duration,
-    ) -> Result<Resp, io::Error> {
-        let body = Bytes::from(postcard::to_allocvec(req).map_err(io::Error::other)?);
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending { envelope: Envelope { group, op, body }, deadline: Instant::now() + timeout, reply };
-        self.lane(target).send(pending).map_err(|_| io::Error::other(format!("node {target}: lane closed")))?;
-        let bytes = tokio::time::timeout(timeout, answer)
-            .await
-            .map_err(|_| io::Error::other(format!("node {target} timed out")))?
-            .map_err(|_| io::Error::other(format!("node {target}: batch abandoned")))?
-            .map_err(io::Error::other)?;
-        postcard::from_bytes(&bytes).map_err(io::Error::other)
+    ) -> impl Future<Output = Result<Resp, io::Error>> + Send + 'static {
+        let queued = postcard::to_allocvec(req).map_err(io::Error::other).and_then(|body| {
+            let (reply, answer) = oneshot::channel();
+            let envelope = Envelope { group, op, body: Bytes::from(body) };
+            let pending = Pending { envelope, deadline: Instant::now() + timeout, reply };
+            self.lane(target).send(pending).map_err(|_| io::Error::other(format!("node {target}: lane closed")))?;
+            Ok(answer)
+        });
+        async move {
+            let bytes = tokio::time::timeout(timeout, queued?)
+                .await
+                .map_err(|_| io::Error::other(format!("node {target} timed out")))?
+                .map_err(|_| io::Error::other(format!("node {target}: batch abandoned")))?
+                .map_err(io::Error::other)?;
+            postcard::from_bytes(&bytes).map_err(io::Error::other)
+        }
     }
 
     fn lane(&self, target: RaftId) -> mpsc::UnboundedSender<Pending> {
@@ -242,6 +260,12 @@ async fn run_lane(
     mut queue: mpsc::UnboundedReceiver<Pending>,
 ) {
     let window = Arc::new(Semaphore::new(LANE_WINDOW));
+    // Numbers this lane's batches, so that the peer hands them to its groups in the order they were sent.
+    let lane = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+    };
+    let mut seq = 0u64;
     while let Some(first) = queue.recv().await {
         let Ok(permit) = window.clone().acquire_owned().await else { return };
         // Let the messages raised in the same instant (the other groups' heartbeats of one round) join.
@@ -265,9 +289,11 @@ async fn run_lane(
         }
         let addr = peer_addr(&nodes, target);
         let (client, credentials) = (client.clone(), credentials.clone());
+        let ticket = LaneTicket { lane, seq };
+        seq += 1;
         tokio::spawn(async move {
             let _permit = permit;
-            send_batch(&client, &credentials, addr, batch).await;
+            send_batch(&client, &credentials, addr, ticket, batch).await;
         });
     }
 }
@@ -276,6 +302,7 @@ async fn send_batch(
     client: &HttpClient,
     credentials: &Credentials,
     addr: Result<String, CallError>,
+    ticket: LaneTicket,
     batch: Vec<Pending>,
 ) {
     let now = Instant::now();
@@ -283,7 +310,9 @@ async fn send_batch(
     let (envelopes, waiters): (Vec<Envelope>, Vec<oneshot::Sender<Reply>>) =
         batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
     let answer: Result<Vec<Reply>, CallError> = match addr {
-        Ok(addr) => exchange(client, credentials, addr, "/raft/batch", &envelopes, timeout.min(RPC_TIMEOUT)).await,
+        Ok(addr) => {
+            exchange(client, credentials, addr, "/raft/batch", Some(ticket), &envelopes, timeout.min(RPC_TIMEOUT)).await
+        }
         Err(e) => Err(e),
     };
     match answer {
@@ -307,12 +336,103 @@ async fn send_batch(
     }
 }
 
+/// The header that numbers a lane's batches: `{lane:x}.{seq:x}`.
+pub const LANE_HEADER: &str = "x-rampart-lane";
+
+/// A batch's place in its lane: the lane (a random number per lane and process) and the batch's sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneTicket {
+    pub lane: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for LaneTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}.{:x}", self.lane, self.seq)
+    }
+}
+
+impl std::str::FromStr for LaneTicket {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (lane, seq) = s.split_once('.').ok_or(())?;
+        Ok(LaneTicket {
+            lane: u64::from_str_radix(lane, 16).map_err(|_| ())?,
+            seq: u64::from_str_radix(seq, 16).map_err(|_| ())?,
+        })
+    }
+}
+
+/// The receiving side of lanes: lets each lane's batches take their turn in the order they were sent. A batch
+/// waits for the batch before it in its lane (for at most [`TURN_WAIT`]: one lost on the way is not waited for
+/// again), hands its messages to their groups, and then lets the next one go. Batches raced each other to the
+/// groups before; a pipelined append that overtook the one before it would have been refused as a gap.
+#[derive(Debug)]
+pub struct LaneTurns {
+    /// Per lane: the next sequence number whose turn it is, and when the lane was last heard.
+    next: Mutex<BTreeMap<u64, (u64, Instant)>>,
+    advanced: tokio::sync::Notify,
+    /// The longest a batch waits for its turn ([`TURN_WAIT`]).
+    wait_max: Duration,
+}
+
+impl Default for LaneTurns {
+    fn default() -> Self {
+        LaneTurns { next: Mutex::default(), advanced: tokio::sync::Notify::new(), wait_max: TURN_WAIT }
+    }
+}
+
+/// The longest a batch waits for the batches sent before it in its lane.
+const TURN_WAIT: Duration = Duration::from_millis(100);
+/// A lane not heard for this long is forgotten (its sender restarted or stopped).
+const LANE_IDLE: Duration = Duration::from_secs(60);
+
+impl LaneTurns {
+    /// Waits until it is `ticket`'s turn: every batch sent before it in its lane has taken its turn, or
+    /// [`TURN_WAIT`] has passed. The first batch heard from a lane starts it.
+    pub async fn wait(&self, ticket: LaneTicket) {
+        let deadline = Instant::now() + self.wait_max;
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            {
+                let Ok(mut next) = self.next.lock() else { return };
+                let now = Instant::now();
+                if !next.contains_key(&ticket.lane) {
+                    next.retain(|_, (_, heard)| now.duration_since(*heard) < LANE_IDLE);
+                }
+                let (turn, heard) = next.entry(ticket.lane).or_insert((ticket.seq, now));
+                *heard = now;
+                if ticket.seq <= *turn {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `ticket`'s batch has handed its messages over: the next batch of its lane may go.
+    pub fn done(&self, ticket: LaneTicket) {
+        if let Ok(mut next) = self.next.lock() {
+            if let Some((turn, _)) = next.get_mut(&ticket.lane) {
+                *turn = (*turn).max(ticket.seq + 1);
+            }
+        }
+        self.advanced.notify_waiters();
+    }
+}
+
 /// POSTs `req` (postcard) to `path` on the peer address `addr` and decodes the answer.
 async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
     client: &HttpClient,
     credentials: &Credentials,
     addr: String,
     path: &str,
+    ticket: Option<LaneTicket>,
     req: &Req,
     timeout: Duration,
 ) -> Result<Resp, CallError> {
@@ -326,6 +446,9 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         let identity = credentials.identity();
         if identity != 0 {
             request = request.header(IDENTITY_HEADER, format!("{identity:x}"));
+        }
+        if let Some(ticket) = ticket {
+            request = request.header(LANE_HEADER, ticket.to_string());
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
@@ -451,49 +574,70 @@ impl SnapshotAssembler {
     }
 }
 
-impl GroupRouter<C, GroupId> for Peers {
+/// The network of one group: the shared [`Peers`] with the group's id.
+#[derive(Clone, Debug)]
+pub struct GroupNetwork {
+    pub peers: Peers,
+    pub group: GroupId,
+}
+
+impl RaftNetworkFactory<C> for GroupNetwork {
+    type Network = GroupLink;
+
+    async fn new_client(&mut self, target: RaftId, _node: &PeerNode) -> GroupLink {
+        GroupLink { peers: self.peers.clone(), target, group: self.group }
+    }
+}
+
+/// One group's link to one peer: its messages go through the peer's lane.
+#[derive(Clone, Debug)]
+pub struct GroupLink {
+    peers: Peers,
+    target: RaftId,
+    group: GroupId,
+}
+
+impl RaftNetworkV2<C> for GroupLink {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn append_entries(
-        &self,
-        target: RaftId,
-        group: GroupId,
+        &mut self,
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        // openraft gives an append one heartbeat interval (40 ms by default). Under load an append can wait behind
-        // its lane's batch in flight and then a follower's fsync for longer; timing it out broke the replication
-        // stream, which openraft resumes only after a backoff: the partition took nothing for 210-290 ms, every
-        // request in flight at once. So an append gets at least `APPEND_TTL_MIN` (openraft's heartbeat worker
-        // still bounds its own heartbeats by the interval). A follower that is gone refuses the connection at once;
-        // one that hangs costs its own stream this long while the others commit.
-        self.raft_call(target, group, RaftOp::Append, &rpc, ttl(&option).max(APPEND_TTL_MIN)).await.map_err(unreachable)
+        let answer = self.peers.raft_send(self.target, self.group, RaftOp::Append, &rpc, append_ttl(&option));
+        answer.await.map_err(unreachable)
     }
 
-    async fn vote(
-        &self,
-        target: RaftId,
-        group: GroupId,
-        rpc: VoteRequest<C>,
+    /// A leader's appends to this follower, pipelined: each request is queued on the lane as soon as openraft
+    /// makes it (when an entry is appended, or the commit moves), up to [`APPEND_PIPELINE`] unanswered, and the
+    /// answers come back in order. openraft's default waits for each answer before it sends the next, so an
+    /// entry appended while one is out waited a whole round trip and a follower's fsync before it left. The
+    /// follower hands a lane's batches to its groups in the order they were sent (see [`LaneTurns`]), so a
+    /// pipelined append never overtakes the one before it.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
         option: RPCOption,
-    ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.raft_call(target, group, RaftOp::Vote, &rpc, ttl(&option)).await.map_err(unreachable)
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>>, RPCError<C>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        let stream = pipelined_appends(self.clone(), input, append_ttl(&option));
+        Box::pin(async move { Ok(stream) })
     }
 
-    async fn pre_vote(
-        &self,
-        target: RaftId,
-        group: GroupId,
-        rpc: VoteRequest<C>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.raft_call(target, group, RaftOp::PreVote, &rpc, ttl(&option)).await.map_err(unreachable)
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.peers.raft_send(self.target, self.group, RaftOp::Vote, &rpc, ttl(&option)).await.map_err(unreachable)
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        let answer = self.peers.raft_send(self.target, self.group, RaftOp::PreVote, &rpc, ttl(&option));
+        answer.await.map_err(unreachable)
     }
 
     async fn full_snapshot(
-        &self,
-        target: RaftId,
-        group: GroupId,
+        &mut self,
         vote: VoteOf<C>,
         snapshot: SnapshotOf<C, Self::SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
@@ -507,7 +651,7 @@ impl GroupRouter<C, GroupId> for Peers {
         let send = async {
             let mut offset = 0;
             loop {
-                let end = (offset + self.snapshot_chunk).min(data.len());
+                let end = (offset + self.peers.snapshot_chunk).min(data.len());
                 let chunk = SnapshotChunk {
                     vote,
                     meta: snapshot.meta.clone(),
@@ -516,7 +660,8 @@ impl GroupRouter<C, GroupId> for Peers {
                     data: data.slice(offset..end),
                 };
                 let answer: Result<Option<SnapshotResponse<C>>, String> = self
-                    .call(target, &format!("/raft/{group}/snapshot"), &chunk, timeout)
+                    .peers
+                    .call(self.target, &format!("/raft/{}/snapshot", self.group), &chunk, timeout)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 match answer.map_err(failed)? {
@@ -533,19 +678,67 @@ impl GroupRouter<C, GroupId> for Peers {
     }
 }
 
-/// The network of one group: the shared [`Peers`] with the group's id.
-#[derive(Clone, Debug)]
-pub struct GroupNetwork {
-    pub peers: Peers,
-    pub group: GroupId,
+/// openraft gives an append one heartbeat interval (40 ms by default). Under load an append can wait behind its
+/// lane's batches in flight and then a follower's fsync for longer; timing it out broke the replication stream,
+/// which openraft resumes only after a backoff: the partition took nothing for 210-290 ms, every request in flight
+/// at once. So an append gets at least `APPEND_TTL_MIN` (openraft's heartbeat worker still bounds its own
+/// heartbeats by the interval). A follower that is gone refuses the connection at once; one that hangs costs its
+/// own stream this long while the others commit.
+fn append_ttl(option: &RPCOption) -> Duration {
+    ttl(option).max(APPEND_TTL_MIN)
 }
 
-impl RaftNetworkFactory<C> for GroupNetwork {
-    type Network = GroupNetworkAdapter<C, GroupId, Peers>;
-
-    async fn new_client(&mut self, target: RaftId, _node: &PeerNode) -> Self::Network {
-        GroupNetworkAdapter::new(self.peers.clone(), target, self.group)
-    }
+/// The stream of [`GroupLink::stream_append`]. It ends after the first answer that is not a full success (a
+/// conflict, a higher vote, a partial success, a failure): what was sent after it is moot, and openraft starts a
+/// new stream from what the follower holds.
+fn pipelined_appends<S>(
+    link: GroupLink,
+    mut input: S,
+    timeout: Duration,
+) -> BoxStream<'static, Result<StreamAppendResult<C>, RPCError<C>>>
+where
+    S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+{
+    let mut inflight = FuturesOrdered::new();
+    let (mut input_done, mut stopped) = (false, false);
+    Box::pin(futures_util::stream::poll_fn(move |cx| {
+        if stopped {
+            return Poll::Ready(None);
+        }
+        while !input_done && inflight.len() < APPEND_PIPELINE {
+            match input.poll_next_unpin(cx) {
+                Poll::Ready(Some(rpc)) => {
+                    let prev = rpc.prev_log_id;
+                    let last = rpc.entries.last().map(|e| e.log_id).or(prev);
+                    let answer = link.peers.raft_send(link.target, link.group, RaftOp::Append, &rpc, timeout);
+                    inflight.push_back(answer.map(move |a: io::Result<AppendEntriesResponse<C>>| (a, prev, last)));
+                }
+                Poll::Ready(None) => input_done = true,
+                Poll::Pending => break,
+            }
+        }
+        match inflight.poll_next_unpin(cx) {
+            Poll::Ready(Some((answer, prev, last))) => {
+                let item = match answer {
+                    Ok(response) => {
+                        stopped = match &response {
+                            AppendEntriesResponse::Success => false,
+                            AppendEntriesResponse::PartialSuccess(took) => *took != last,
+                            _ => true,
+                        };
+                        Ok(response.into_stream_result(prev, last))
+                    }
+                    Err(e) => {
+                        stopped = true;
+                        Err(unreachable(e))
+                    }
+                };
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) if input_done => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -591,7 +784,7 @@ mod tests {
         let peers = Peers::new(BTreeMap::from([(1, node)]), 1024, None);
         let calls = (0..200u32).map(|g| {
             let peers = peers.clone();
-            async move { peers.raft_call::<u32, u32>(1, g, RaftOp::Vote, &(g * 7), Duration::from_secs(5)).await }
+            async move { peers.raft_send::<u32, u32>(1, g, RaftOp::Vote, &(g * 7), Duration::from_secs(5)).await }
         });
         let answers = futures_util::future::join_all(calls).await;
         for (g, answer) in answers.into_iter().enumerate() {
@@ -600,8 +793,59 @@ mod tests {
         let n = requests.load(Ordering::Relaxed);
         assert!(n <= 10, "200 messages raised together took {n} requests");
         // A peer no table names fails at once, whatever is queued elsewhere.
-        let err = peers.raft_call::<u32, u32>(9, 0, RaftOp::Vote, &0, Duration::from_secs(5)).await.unwrap_err();
+        let err = peers.raft_send::<u32, u32>(9, 0, RaftOp::Vote, &0, Duration::from_secs(5)).await.unwrap_err();
         assert!(err.to_string().contains("no address known for node 9"), "{err}");
+    }
+
+    #[test]
+    fn a_lane_ticket_reads_back_as_written() {
+        let ticket = LaneTicket { lane: 0xdead_beef_0123, seq: 42 };
+        assert_eq!(ticket.to_string().parse::<LaneTicket>(), Ok(ticket));
+        for bad in ["", "12", "x.1", "1.", ".1", "1.2.3", "-1.2"] {
+            assert!(bad.parse::<LaneTicket>().is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lanes_batches_take_their_turns_in_the_order_they_were_sent() {
+        let turns = Arc::new(LaneTurns { wait_max: Duration::from_secs(30), ..LaneTurns::default() });
+        let at_once = Duration::from_secs(5);
+        let t = |seq| LaneTicket { lane: 7, seq };
+        tokio::time::timeout(at_once, turns.wait(t(5))).await.expect("the first batch heard starts its lane");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let batch = |seq: u64| {
+            let (turns, order) = (turns.clone(), order.clone());
+            tokio::spawn(async move {
+                turns.wait(t(seq)).await;
+                order.lock().unwrap().push(seq);
+                turns.done(t(seq));
+            })
+        };
+        let (seventh, sixth) = (batch(7), batch(6));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(order.lock().unwrap().is_empty(), "6 and 7 went before 5 handed its messages over");
+        turns.done(t(5));
+        sixth.await.unwrap();
+        seventh.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), [6, 7]);
+        // A batch whose turn has passed goes at once, and another lane is not held up by this one.
+        tokio::time::timeout(at_once, turns.wait(t(6))).await.expect("a late batch goes at once");
+        tokio::time::timeout(at_once, turns.wait(LaneTicket { lane: 8, seq: 100 })).await.expect("another lane");
+    }
+
+    #[tokio::test]
+    async fn a_batch_lost_on_the_way_is_waited_for_only_so_long() {
+        let turns = LaneTurns::default();
+        let t = |seq| LaneTicket { lane: 1, seq };
+        turns.wait(t(0)).await;
+        turns.done(t(0));
+        // Batch 1 never comes: batch 2 waits for it `TURN_WAIT`, no longer, and the lane goes on after 2.
+        let started = Instant::now();
+        turns.wait(t(2)).await;
+        let waited = started.elapsed();
+        assert!(waited >= TURN_WAIT && waited < TURN_WAIT * 20, "batch 2 waited {waited:?}");
+        turns.done(t(2));
+        tokio::time::timeout(Duration::from_secs(5), turns.wait(t(3))).await.expect("batch 3 goes at once");
     }
 
     fn chunk(term: u64, offset: u64, total: u64, data: &[u8]) -> SnapshotChunk {

@@ -1,17 +1,20 @@
 //! The node: one Raft group per partition it replicates, the peer RPC server, and request routing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::io::Cursor;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use futures_util::future::join_all;
+use futures_util::future::maybe_done;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::RaftMetrics;
 use openraft::raft::ReadPolicy;
@@ -27,7 +30,8 @@ use rampart_membership_net::Membership;
 use crate::cluster::{AdminError, AdminOp, Cluster, ClusterConfig, Member, META_GROUP};
 use crate::config::{Bootstrap, NodeConfig, DEFAULT_ZONE};
 use crate::network::{
-    CallError, Envelope, GroupNetwork, Peers, RaftOp, Reply, SnapshotAssembler, SnapshotChunk, MAX_BODY,
+    CallError, Envelope, GroupNetwork, LaneTicket, LaneTurns, Peers, RaftOp, Reply, SnapshotAssembler, SnapshotChunk,
+    LANE_HEADER, MAX_BODY,
 };
 use crate::quiesce::Quiet;
 use crate::store::{StateMachine, Store};
@@ -53,10 +57,10 @@ const FOUNDING_GRACE_MIN: Duration = Duration::from_secs(1);
 /// The most operations one entry carries.
 const BATCH_OPS_MAX: usize = 1024;
 /// Entries of one partition proposed and not yet applied. While they are all in flight, new operations queue
-/// and go together in the next entry: the busier a partition, the bigger its entries. One: openraft sends a
-/// follower one append at a time, so a second entry in flight gained only the overlap of the leader's own fsync,
-/// and cost the hot partition twice the entries, each paying a commit and a Raft round on every replica
-/// (BENCHMARKS.md, "Hot-SKU flash sale").
+/// and go together in the next entry: the busier a partition, the bigger its entries. One: a second entry in
+/// flight (even with appends pipelined to the followers) cost the hot partition twice the entries, each paying a
+/// commit and a Raft round on every replica, and gained less than a second lane window (BENCHMARKS.md,
+/// "Pipelined appends").
 const INFLIGHT_MAX: usize = 1;
 /// How often a leader looks for unpaid orders past their deadline.
 const EXPIRY_EVERY: Duration = Duration::from_millis(500);
@@ -132,6 +136,8 @@ pub struct Node {
     pub latency: crate::telemetry::RequestLatency,
     /// Snapshots being received, chunk by chunk.
     pub snapshots_in: std::sync::Mutex<SnapshotAssembler>,
+    /// The order in which each peer lane's batches are handed to the groups.
+    lane_turns: LaneTurns,
     /// Peer requests refused for want of the cluster token (for `/metrics`).
     pub peer_refused: std::sync::atomic::AtomicU64,
     /// Whether a peer request of another cluster was already logged (once is enough to name the problem).
@@ -344,6 +350,7 @@ impl Node {
             recorded_epoch: std::sync::Mutex::new(None),
             proposed: Arc::default(),
             snapshots_in: Default::default(),
+            lane_turns: LaneTurns::default(),
             peer_refused: Default::default(),
             warned_identity: Default::default(),
             shut_out: tokio::sync::watch::Sender::new(None),
@@ -1108,12 +1115,47 @@ async fn admit_peer(
 }
 
 /// A batch of Raft messages from one peer: each goes to its group's Raft, all at once, and the answers come back
-/// in the order of the messages.
-async fn raft_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    match postcard::from_bytes::<Vec<Envelope>>(&body) {
-        Ok(batch) => postcard_response(&join_all(batch.into_iter().map(|m| raft_message(&node, m))).await),
-        Err(e) => bad_request(e),
+/// in the order of the messages. A numbered batch first waits for its turn in its lane, and lets the next batch go
+/// once every message has been handed to its group (each takes its place in its group's queue on its first
+/// poll), so that a group gets a lane's messages in the order they were sent.
+async fn raft_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    let batch = match postcard::from_bytes::<Vec<Envelope>>(&body) {
+        Ok(batch) => batch,
+        Err(e) => return bad_request(e),
+    };
+    let ticket = headers.get(LANE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<LaneTicket>().ok());
+    if let Some(ticket) = ticket {
+        node.lane_turns.wait(ticket).await;
     }
+    let mut messages: Vec<_> = batch.into_iter().map(|m| maybe_done(Box::pin(raft_message(&node, m)))).collect();
+    // Unconstrained: tokio's cooperative budget must not leave a message unsent in this first pass.
+    tokio::task::unconstrained(std::future::poll_fn(|cx| {
+        for m in &mut messages {
+            let _ = Pin::new(m).poll(cx);
+        }
+        Poll::Ready(())
+    }))
+    .await;
+    if let Some(ticket) = ticket {
+        node.lane_turns.done(ticket);
+    }
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for m in &mut messages {
+            all &= Pin::new(m).poll(cx).is_ready();
+        }
+        if all {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    let replies: Vec<Reply> = messages
+        .iter_mut()
+        .map(|m| Pin::new(m).take_output().unwrap_or_else(|| Err("no answer".to_string())))
+        .collect();
+    postcard_response(&replies)
 }
 
 async fn raft_message(node: &Node, message: Envelope) -> Reply {

@@ -390,41 +390,60 @@ const LANE_IDLE: Duration = Duration::from_secs(60);
 
 impl LaneTurns {
     /// Waits until it is `ticket`'s turn: every batch sent before it in its lane has taken its turn, or
-    /// [`TURN_WAIT`] has passed. The first batch heard from a lane starts it.
-    pub async fn wait(&self, ticket: LaneTicket) {
+    /// [`TURN_WAIT`] has passed. The first batch heard from a lane starts it. A batch whose turn has passed (it
+    /// came after a later batch of its lane went) is [`Late`]: its messages are refused, not handed over, since
+    /// an append handed over after the one sent behind it would reach its group out of order. The turn ends when
+    /// the returned [`Turn`] is dropped.
+    pub async fn wait(&self, ticket: LaneTicket) -> Result<Turn<'_>, Late> {
         let deadline = Instant::now() + self.wait_max;
         loop {
             let advanced = self.advanced.notified();
             tokio::pin!(advanced);
             advanced.as_mut().enable();
             {
-                let Ok(mut next) = self.next.lock() else { return };
+                let Ok(mut next) = self.next.lock() else { return Err(Late) };
                 let now = Instant::now();
                 if !next.contains_key(&ticket.lane) {
                     next.retain(|_, (_, heard)| now.duration_since(*heard) < LANE_IDLE);
                 }
                 let (turn, heard) = next.entry(ticket.lane).or_insert((ticket.seq, now));
                 *heard = now;
-                if ticket.seq <= *turn {
-                    return;
+                if ticket.seq < *turn {
+                    return Err(Late);
+                }
+                if ticket.seq == *turn {
+                    return Ok(Turn { turns: self, ticket });
                 }
             }
             if tokio::time::timeout_at(deadline, advanced).await.is_err() {
-                return;
+                return Ok(Turn { turns: self, ticket });
             }
         }
-    }
-
-    /// `ticket`'s batch has handed its messages over: the next batch of its lane may go.
-    pub fn done(&self, ticket: LaneTicket) {
-        if let Ok(mut next) = self.next.lock() {
-            if let Some((turn, _)) = next.get_mut(&ticket.lane) {
-                *turn = (*turn).max(ticket.seq + 1);
-            }
-        }
-        self.advanced.notify_waiters();
     }
 }
+
+/// A batch's turn in its lane; dropping it (once the batch handed its messages over, or gave up) lets the next
+/// batch of the lane go.
+#[derive(Debug)]
+pub struct Turn<'a> {
+    turns: &'a LaneTurns,
+    ticket: LaneTicket,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut next) = self.turns.next.lock() {
+            if let Some((turn, _)) = next.get_mut(&self.ticket.lane) {
+                *turn = (*turn).max(self.ticket.seq.saturating_add(1));
+            }
+        }
+        self.turns.advanced.notify_waiters();
+    }
+}
+
+/// A batch that came after its turn (see [`LaneTurns::wait`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Late;
 
 /// POSTs `req` (postcard) to `path` on the peer address `addr` and decodes the answer.
 async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
@@ -811,41 +830,46 @@ mod tests {
         let turns = Arc::new(LaneTurns { wait_max: Duration::from_secs(30), ..LaneTurns::default() });
         let at_once = Duration::from_secs(5);
         let t = |seq| LaneTicket { lane: 7, seq };
-        tokio::time::timeout(at_once, turns.wait(t(5))).await.expect("the first batch heard starts its lane");
+        let fifth = tokio::time::timeout(at_once, turns.wait(t(5))).await.expect("the first batch starts its lane");
         let order = Arc::new(Mutex::new(Vec::new()));
         let batch = |seq: u64| {
             let (turns, order) = (turns.clone(), order.clone());
             tokio::spawn(async move {
-                turns.wait(t(seq)).await;
+                let _turn = turns.wait(t(seq)).await.expect("in its turn");
                 order.lock().unwrap().push(seq);
-                turns.done(t(seq));
             })
         };
         let (seventh, sixth) = (batch(7), batch(6));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(order.lock().unwrap().is_empty(), "6 and 7 went before 5 handed its messages over");
-        turns.done(t(5));
+        drop(fifth);
         sixth.await.unwrap();
         seventh.await.unwrap();
         assert_eq!(*order.lock().unwrap(), [6, 7]);
-        // A batch whose turn has passed goes at once, and another lane is not held up by this one.
-        tokio::time::timeout(at_once, turns.wait(t(6))).await.expect("a late batch goes at once");
-        tokio::time::timeout(at_once, turns.wait(LaneTicket { lane: 8, seq: 100 })).await.expect("another lane");
+        // A batch whose turn has passed is refused; another lane is not held up by this one.
+        assert_eq!(turns.wait(t(6)).await.unwrap_err(), Late, "a late batch is refused");
+        let other = tokio::time::timeout(at_once, turns.wait(LaneTicket { lane: 8, seq: 100 })).await;
+        assert!(other.expect("another lane goes at once").is_ok());
     }
 
     #[tokio::test]
     async fn a_batch_lost_on_the_way_is_waited_for_only_so_long() {
         let turns = LaneTurns::default();
         let t = |seq| LaneTicket { lane: 1, seq };
-        turns.wait(t(0)).await;
-        turns.done(t(0));
+        drop(turns.wait(t(0)).await.expect("first"));
         // Batch 1 never comes: batch 2 waits for it `TURN_WAIT`, no longer, and the lane goes on after 2.
         let started = Instant::now();
-        turns.wait(t(2)).await;
+        let second = turns.wait(t(2)).await.expect("in its turn once the wait is over");
         let waited = started.elapsed();
         assert!(waited >= TURN_WAIT && waited < TURN_WAIT * 20, "batch 2 waited {waited:?}");
-        turns.done(t(2));
-        tokio::time::timeout(Duration::from_secs(5), turns.wait(t(3))).await.expect("batch 3 goes at once");
+        drop(second);
+        // Batch 1 coming now would reach its groups after batch 2: it is refused.
+        assert_eq!(turns.wait(t(1)).await.unwrap_err(), Late);
+        let third = tokio::time::timeout(Duration::from_secs(5), turns.wait(t(3))).await;
+        assert!(third.expect("batch 3 goes at once").is_ok());
+        // The largest sequence number ends its turn like any other.
+        let t = |seq| LaneTicket { lane: 2, seq };
+        drop(turns.wait(t(u64::MAX)).await.expect("the first batch starts its lane"));
     }
 
     fn chunk(term: u64, offset: u64, total: u64, data: &[u8]) -> SnapshotChunk {

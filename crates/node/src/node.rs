@@ -30,8 +30,8 @@ use rampart_membership_net::Membership;
 use crate::cluster::{AdminError, AdminOp, Cluster, ClusterConfig, Member, META_GROUP};
 use crate::config::{Bootstrap, NodeConfig, DEFAULT_ZONE};
 use crate::network::{
-    CallError, Envelope, GroupNetwork, LaneTicket, LaneTurns, Peers, RaftOp, Reply, SnapshotAssembler, SnapshotChunk,
-    LANE_HEADER, MAX_BODY,
+    CallError, Envelope, GroupNetwork, LaneTicket, LaneTurns, Late, Peers, RaftOp, Reply, SnapshotAssembler,
+    SnapshotChunk, LANE_HEADER, MAX_BODY,
 };
 use crate::quiesce::Quiet;
 use crate::store::{StateMachine, Store};
@@ -1115,18 +1115,24 @@ async fn admit_peer(
 }
 
 /// A batch of Raft messages from one peer: each goes to its group's Raft, all at once, and the answers come back
-/// in the order of the messages. A numbered batch first waits for its turn in its lane, and lets the next batch go
+/// in the order of the messages. A numbered batch first waits for its turn in its lane (one that comes after its
+/// turn is refused: [`LaneTurns::wait`]), and lets the next batch go
 /// once every message has been handed to its group (each takes its place in its group's queue on its first
 /// poll), so that a group gets a lane's messages in the order they were sent.
 async fn raft_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    let ticket = headers.get(LANE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<LaneTicket>().ok());
+    // Waits for the batch's turn (ended when `turn` drops, whatever happens next).
+    let turn = match ticket {
+        Some(ticket) => match node.lane_turns.wait(ticket).await {
+            Ok(turn) => Some(turn),
+            Err(Late) => return postcard_response(&late_replies(&body, ticket)),
+        },
+        None => None,
+    };
     let batch = match postcard::from_bytes::<Vec<Envelope>>(&body) {
         Ok(batch) => batch,
         Err(e) => return bad_request(e),
     };
-    let ticket = headers.get(LANE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<LaneTicket>().ok());
-    if let Some(ticket) = ticket {
-        node.lane_turns.wait(ticket).await;
-    }
     let mut messages: Vec<_> = batch.into_iter().map(|m| maybe_done(Box::pin(raft_message(&node, m)))).collect();
     // Unconstrained: tokio's cooperative budget must not leave a message unsent in this first pass.
     tokio::task::unconstrained(std::future::poll_fn(|cx| {
@@ -1136,9 +1142,7 @@ async fn raft_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Byt
         Poll::Ready(())
     }))
     .await;
-    if let Some(ticket) = ticket {
-        node.lane_turns.done(ticket);
-    }
+    drop(turn);
     std::future::poll_fn(|cx| {
         let mut all = true;
         for m in &mut messages {
@@ -1156,6 +1160,12 @@ async fn raft_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Byt
         .map(|m| Pin::new(m).take_output().unwrap_or_else(|| Err("no answer".to_string())))
         .collect();
     postcard_response(&replies)
+}
+
+/// The answers to a batch that came after its turn: every message refused (the sender retries).
+fn late_replies(body: &[u8], ticket: LaneTicket) -> Vec<Reply> {
+    let n = postcard::from_bytes::<Vec<Envelope>>(body).map_or(0, |b| b.len());
+    vec![Err(format!("batch {ticket} came after a later batch of its lane: not handed over")); n]
 }
 
 async fn raft_message(node: &Node, message: Envelope) -> Reply {

@@ -48,7 +48,7 @@ type C = TypeConfig;
 pub const MAX_BODY: usize = 64 << 20;
 /// A Raft RPC that takes longer than this is treated as lost.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
-/// The least time an append is given (see `append_entries`).
+/// The least time an append is given (see [`append_ttl`]).
 const APPEND_TTL_MIN: Duration = Duration::from_secs(1);
 /// A group's appends to one follower that may be unanswered at once (see [`GroupLink::stream_append`]).
 const APPEND_PIPELINE: usize = 8;

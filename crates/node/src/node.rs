@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use futures_util::future::maybe_done;
+use futures_util::future::{join_all, maybe_done};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::metrics::RaftMetrics;
 use openraft::raft::ReadPolicy;
@@ -1121,15 +1121,20 @@ async fn admit_peer(
 /// poll), so that a group gets a lane's messages in the order they were sent.
 async fn raft_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
     let ticket = headers.get(LANE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<LaneTicket>().ok());
+    let batch = postcard::from_bytes::<Vec<Envelope>>(&body);
     // Waits for the batch's turn (ended when `turn` drops, whatever happens next).
     let turn = match ticket {
         Some(ticket) => match node.lane_turns.wait(ticket).await {
             Ok(turn) => Some(turn),
-            Err(Late) => return postcard_response(&late_replies(&body, ticket)),
+            Err(Late) => {
+                let why = format!("batch {ticket} came after a later batch of its lane: not handed over");
+                let refused: Vec<Reply> = vec![Err(why); batch.as_ref().map_or(0, Vec::len)];
+                return postcard_response(&refused);
+            }
         },
         None => None,
     };
-    let batch = match postcard::from_bytes::<Vec<Envelope>>(&body) {
+    let batch = match batch {
         Ok(batch) => batch,
         Err(e) => return bad_request(e),
     };
@@ -1143,29 +1148,12 @@ async fn raft_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Byt
     }))
     .await;
     drop(turn);
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for m in &mut messages {
-            all &= Pin::new(m).poll(cx).is_ready();
-        }
-        if all {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
+    join_all(messages.iter_mut()).await;
     let replies: Vec<Reply> = messages
         .iter_mut()
         .map(|m| Pin::new(m).take_output().unwrap_or_else(|| Err("no answer".to_string())))
         .collect();
     postcard_response(&replies)
-}
-
-/// The answers to a batch that came after its turn: every message refused (the sender retries).
-fn late_replies(body: &[u8], ticket: LaneTicket) -> Vec<Reply> {
-    let n = postcard::from_bytes::<Vec<Envelope>>(body).map_or(0, |b| b.len());
-    vec![Err(format!("batch {ticket} came after a later batch of its lane: not handed over")); n]
 }
 
 async fn raft_message(node: &Node, message: Envelope) -> Reply {

@@ -23,6 +23,9 @@ pub mod types;
 use std::future::Future;
 use std::sync::Arc;
 
+/// Connections waiting to be accepted (tokio's default for `TcpListener::bind`).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Runs a node until `shutdown` resolves: starts it, serves the HTTP API on `--http`, then stops accepting,
 /// lets in-flight requests finish, and stops every Raft group (flushing storage). A node that a majority of its
 /// cluster refuses as another cluster's stops the same way and returns why ([`node::StartError::ShutOut`]).
@@ -31,12 +34,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), node::StartError> {
     let http = config.http;
-    let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| node::StartError::Bind(http, e))?;
+    let bind_error = |e| node::StartError::Bind(http, e);
+    // The address is taken first, so that a port in use fails the start at once; it listens only once the node
+    // has started. A socket that listened during the start (opening the store, starting every group: most of a
+    // second on a restart) would take clients' connections and leave their requests unanswered, rather than
+    // refuse them so that they try another node at once.
+    let socket = take_address(http).map_err(bind_error)?;
+    let node = node::Node::start(config).await?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
     // Small request/response exchanges: Nagle's algorithm with delayed ACKs would add tens of milliseconds.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let node = node::Node::start(config).await?;
     tracing::info!("node {} serving HTTP on {http}, peers on {}", node.config.id, node.config.peer);
     let mut shut_out = node.shut_out.subscribe();
     let stop = async move {
@@ -50,4 +59,31 @@ pub async fn run(
     served.map_err(|e| node::StartError::Bind(http, e))?;
     let why = node.shut_out.borrow().clone();
     why.map_or(Ok(()), |why| Err(node::StartError::ShutOut(why)))
+}
+
+/// Binds a socket to `addr` without listening on it: the address is taken (another socket listening on it is an
+/// error), and a connection to it is refused until the socket listens.
+fn take_address(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_api_address_refuses_connections_until_it_listens_and_cannot_be_taken_twice() {
+        let socket = take_address("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let refused = tokio::net::TcpStream::connect(addr).await.expect_err("nothing listens yet");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let listener = socket.listen(LISTEN_BACKLOG).unwrap();
+        let connected = tokio::net::TcpStream::connect(addr).await;
+        assert!(connected.is_ok(), "a listening socket takes connections: {connected:?}");
+        assert!(take_address(addr).is_err(), "an address another socket listens on is not taken again");
+        drop(listener);
+    }
 }

@@ -11,7 +11,7 @@
 //! go alone on `/raft/{group}/snapshot`. Any failure on the way (peer down, timeout, group not hosted there) is
 //! reported to openraft as `Unreachable`, which makes it back off and retry; it never stops a group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::io::{self, Cursor};
@@ -266,6 +266,8 @@ async fn run_lane(
         std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
     };
     let mut seq = 0u64;
+    // The batches sent and not yet answered (or given up on): the oldest tells the peer where the lane stands.
+    let unanswered = Arc::new(Mutex::new(BTreeSet::new()));
     while let Some(first) = queue.recv().await {
         let Ok(permit) = window.clone().acquire_owned().await else { return };
         // Let the messages raised in the same instant (the other groups' heartbeats of one round) join.
@@ -289,11 +291,18 @@ async fn run_lane(
         }
         let addr = peer_addr(&nodes, target);
         let (client, credentials) = (client.clone(), credentials.clone());
-        let ticket = LaneTicket { lane, seq };
+        let oldest = {
+            let mut unanswered = unanswered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            unanswered.insert(seq);
+            unanswered.first().copied().unwrap_or(seq)
+        };
+        let ticket = LaneTicket { lane, seq, oldest };
         seq += 1;
+        let unanswered = unanswered.clone();
         tokio::spawn(async move {
             let _permit = permit;
             send_batch(&client, &credentials, addr, ticket, batch).await;
+            unanswered.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&ticket.seq);
         });
     }
 }
@@ -336,19 +345,23 @@ async fn send_batch(
     }
 }
 
-/// The header that numbers a lane's batches: `{lane:x}.{seq:x}`.
+/// The header that numbers a lane's batches: `{lane:x}.{seq:x}.{oldest:x}`.
 pub const LANE_HEADER: &str = "x-rampart-lane";
 
-/// A batch's place in its lane: the lane (a random number per lane and process) and the batch's sequence number.
+/// A batch's place in its lane: the lane (a random number per lane and process), the batch's sequence number,
+/// and the oldest batch of the lane that was still unanswered when it left (its own number if none was). The
+/// batches before `oldest` were answered or given up on: the peer waits for none of them, so a lane's first
+/// batches, or the first after the peer restarted, take their turns in order whichever arrives first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneTicket {
     pub lane: u64,
     pub seq: u64,
+    pub oldest: u64,
 }
 
 impl fmt::Display for LaneTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x}.{:x}", self.lane, self.seq)
+        write!(f, "{:x}.{:x}.{:x}", self.lane, self.seq, self.oldest)
     }
 }
 
@@ -356,11 +369,12 @@ impl std::str::FromStr for LaneTicket {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
-        let (lane, seq) = s.split_once('.').ok_or(())?;
-        Ok(LaneTicket {
-            lane: u64::from_str_radix(lane, 16).map_err(|_| ())?,
-            seq: u64::from_str_radix(seq, 16).map_err(|_| ())?,
-        })
+        let mut fields = s.split('.').map(|f| u64::from_str_radix(f, 16).map_err(|_| ()));
+        let (lane, seq, oldest) = (fields.next().ok_or(())??, fields.next().ok_or(())??, fields.next().ok_or(())??);
+        if fields.next().is_some() || oldest > seq {
+            return Err(());
+        }
+        Ok(LaneTicket { lane, seq, oldest })
     }
 }
 
@@ -389,8 +403,8 @@ const TURN_WAIT: Duration = Duration::from_millis(100);
 const LANE_IDLE: Duration = Duration::from_secs(60);
 
 impl LaneTurns {
-    /// Waits until it is `ticket`'s turn: every batch sent before it in its lane has taken its turn, or
-    /// [`TURN_WAIT`] has passed. The first batch heard from a lane starts it. A batch whose turn has passed (it
+    /// Waits until it is `ticket`'s turn: every batch sent before it in its lane and still unanswered when it
+    /// left (from `ticket.oldest` on) has taken its turn, or [`TURN_WAIT`] has passed. A batch whose turn has passed (it
     /// came after a later batch of its lane went) is [`Late`]: its messages are refused, not handed over, since
     /// an append handed over after the one sent behind it would reach its group out of order. The turn ends when
     /// the returned [`Turn`] is dropped.
@@ -406,8 +420,9 @@ impl LaneTurns {
                 if !next.contains_key(&ticket.lane) {
                     next.retain(|_, (_, heard)| now.duration_since(*heard) < LANE_IDLE);
                 }
-                let (turn, heard) = next.entry(ticket.lane).or_insert((ticket.seq, now));
+                let (turn, heard) = next.entry(ticket.lane).or_insert((ticket.oldest, now));
                 *heard = now;
+                *turn = (*turn).max(ticket.oldest);
                 if ticket.seq < *turn {
                     return Err(Late);
                 }
@@ -818,9 +833,10 @@ mod tests {
 
     #[test]
     fn a_lane_ticket_reads_back_as_written() {
-        let ticket = LaneTicket { lane: 0xdead_beef_0123, seq: 42 };
+        let ticket = LaneTicket { lane: 0xdead_beef_0123, seq: 42, oldest: 40 };
         assert_eq!(ticket.to_string().parse::<LaneTicket>(), Ok(ticket));
-        for bad in ["", "12", "x.1", "1.", ".1", "1.2.3", "-1.2"] {
+        // The oldest unanswered batch cannot come after the batch itself.
+        for bad in ["", "12", "x.1.1", "1.2", "1.2.", ".1.1", "1.2.3", "1.2.1.0", "-1.2.1"] {
             assert!(bad.parse::<LaneTicket>().is_err(), "{bad:?} was taken");
         }
     }
@@ -829,7 +845,8 @@ mod tests {
     async fn a_lanes_batches_take_their_turns_in_the_order_they_were_sent() {
         let turns = Arc::new(LaneTurns { wait_max: Duration::from_secs(30), ..LaneTurns::default() });
         let at_once = Duration::from_secs(5);
-        let t = |seq| LaneTicket { lane: 7, seq };
+        // Batches 6 and 7 leave while 5 is unanswered.
+        let t = |seq| LaneTicket { lane: 7, seq, oldest: 5 };
         let fifth = tokio::time::timeout(at_once, turns.wait(t(5))).await.expect("the first batch starts its lane");
         let order = Arc::new(Mutex::new(Vec::new()));
         let batch = |seq: u64| {
@@ -848,14 +865,14 @@ mod tests {
         assert_eq!(*order.lock().unwrap(), [6, 7]);
         // A batch whose turn has passed is refused; another lane is not held up by this one.
         assert_eq!(turns.wait(t(6)).await.unwrap_err(), Late, "a late batch is refused");
-        let other = tokio::time::timeout(at_once, turns.wait(LaneTicket { lane: 8, seq: 100 })).await;
+        let other = tokio::time::timeout(at_once, turns.wait(LaneTicket { lane: 8, seq: 100, oldest: 100 })).await;
         assert!(other.expect("another lane goes at once").is_ok());
     }
 
     #[tokio::test]
     async fn a_batch_lost_on_the_way_is_waited_for_only_so_long() {
         let turns = LaneTurns::default();
-        let t = |seq| LaneTicket { lane: 1, seq };
+        let t = |seq| LaneTicket { lane: 1, seq, oldest: seq.min(1) };
         drop(turns.wait(t(0)).await.expect("first"));
         // Batch 1 never comes: batch 2 waits for it `TURN_WAIT`, no longer, and the lane goes on after 2.
         let started = Instant::now();
@@ -868,8 +885,30 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_secs(5), turns.wait(t(3))).await;
         assert!(third.expect("batch 3 goes at once").is_ok());
         // The largest sequence number ends its turn like any other.
-        let t = |seq| LaneTicket { lane: 2, seq };
+        let t = |seq| LaneTicket { lane: 2, seq, oldest: seq };
         drop(turns.wait(t(u64::MAX)).await.expect("the first batch starts its lane"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_starts_at_its_oldest_unanswered_batch_and_never_waits_for_an_answered_one() {
+        let turns = Arc::new(LaneTurns { wait_max: Duration::from_secs(30), ..LaneTurns::default() });
+        let at_once = Duration::from_secs(5);
+        // A new lane (or a peer just restarted) hears batch 1 first, sent while batch 0 was unanswered: it waits
+        // for 0, which is then not refused as late.
+        let t = |seq, oldest| LaneTicket { lane: 3, seq, oldest };
+        let second = tokio::spawn({
+            let turns = turns.clone();
+            async move { drop(turns.wait(t(1, 0)).await.expect("in its turn")) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "batch 1 went before batch 0");
+        let first = tokio::time::timeout(at_once, turns.wait(t(0, 0))).await.expect("batch 0 goes at once");
+        drop(first.expect("batch 0 is not late"));
+        tokio::time::timeout(at_once, second).await.expect("batch 1 goes after 0").unwrap();
+        // Batch 2 was given up on by the sender (it never came): batch 3, sent after that, does not wait for it.
+        let third = tokio::time::timeout(at_once, turns.wait(t(3, 3))).await.expect("batch 3 goes at once");
+        drop(third.expect("in its turn"));
+        assert_eq!(turns.wait(t(2, 2)).await.unwrap_err(), Late, "batch 2 arriving now is late");
     }
 
     fn chunk(term: u64, offset: u64, total: u64, data: &[u8]) -> SnapshotChunk {

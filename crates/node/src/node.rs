@@ -316,6 +316,12 @@ impl Node {
                 // A replica that was cut off or restarted asks first whether it could win, and a replica that
                 // heard from its leader within the lease says no: it cannot depose a healthy leader.
                 enable_pre_vote: Some(true),
+                // A restarted leader starts as a follower. Restored leadership only helps a node back before anyone
+                // noticed it gone; after a kill -9 someone did, and a node that still thinks it leads takes
+                // requests it cannot commit until it hears of the new term (the demo's buyers waited up to 550 ms on
+                // it). It would also lead on a state machine behind its committed index (see openraft's
+                // `enable_leader_restore`).
+                enable_leader_restore: Some(false),
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
                 max_in_snapshot_log_to_keep: config.snapshot_logs / 5,
                 ..openraft::Config::default()

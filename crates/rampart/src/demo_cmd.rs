@@ -229,7 +229,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cluster.nodes[victim].id
     ));
     let verdict = runtime.block_on(check(&client, &sale, args.hot_stock))?;
-    let window = longest_gap(&sale.hot_answers.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, sale_time);
+    let (gap_from, window) = longest_gap(&sale.hot_answers.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, sale_time);
+    let since_start = |at: Option<Instant>| at.map(|at| at.saturating_duration_since(sale_start));
+    let (killed_at, restarted_at) = (since_start(killed.map(|(_, at)| at)), since_start(restarted));
     let report = json!({
         "orders_placed": verdict.placed,
         "orders_refused": verdict.refused,
@@ -244,6 +246,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "status_mismatches": verdict.status_mismatches,
         "killed": cluster.nodes[victim].id,
         "longest_unavailability_ms": window.as_millis() as u64,
+        "longest_unavailability_from_s": gap_from.as_secs_f64(),
+        "killed_at_s": killed_at.map(|t| t.as_secs_f64()),
+        "restarted_at_s": restarted_at.map(|t| t.as_secs_f64()),
         "sale_s": sale_time.as_secs_f64(),
         "seed": args.seed,
     });
@@ -279,10 +284,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             verdict.duplicates + sale.split_clicks.load(Ordering::Relaxed)
         );
         println!("  orders in the wrong state       {}", verdict.status_mismatches);
+        let at = |t: Option<Duration>| t.map_or_else(|| "-".to_owned(), |t| format!("{:.2} s", t.as_secs_f64()));
         println!(
-            "  longest wait for the hot SKU    {} ms (kill -9 of {} mid-sale)",
+            "  longest wait for the hot SKU    {} ms from t={:.2} s (kill -9 of {} at t={}, restart at t={})",
             window.as_millis(),
-            cluster.nodes[victim].id
+            gap_from.as_secs_f64(),
+            cluster.nodes[victim].id,
+            at(killed_at),
+            at(restarted_at)
         );
         println!("  {}", if pass { "PASS: every check holds" } else { "FAIL" });
     }
@@ -372,17 +381,20 @@ async fn record(client: &Client, sale: &Sale, rng: &mut u64, user: &str, order: 
     }
 }
 
-/// The longest stretch of the sale without a final answer to a hot-SKU request.
-fn longest_gap(answers: &[Duration], sale: Duration) -> Duration {
+/// The longest stretch of the sale without a final answer to a hot-SKU request: when it began and how long it
+/// lasted, both measured from the start of the sale.
+fn longest_gap(answers: &[Duration], sale: Duration) -> (Duration, Duration) {
     let mut times = answers.to_vec();
     times.sort();
-    let mut longest = Duration::ZERO;
+    let (mut from, mut longest) = (Duration::ZERO, Duration::ZERO);
     let mut last = Duration::ZERO;
     for t in times.into_iter().chain([sale]) {
-        longest = longest.max(t.saturating_sub(last));
+        if t.saturating_sub(last) > longest {
+            (from, longest) = (last, t - last);
+        }
         last = t;
     }
-    longest
+    (from, longest)
 }
 
 #[derive(Debug, Default)]
@@ -488,4 +500,20 @@ async fn check(client: &Client, sale: &Sale, hot_stock: u64) -> anyhow::Result<V
         }
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_is_found_with_when_it_began_whatever_the_order_of_the_answers() {
+        let ms = Duration::from_millis;
+        // Answers at 10, 50, 300 and 320 ms of a 400 ms sale: the longest stretch without one is 50..300.
+        assert_eq!(longest_gap(&[ms(300), ms(10), ms(320), ms(50)], ms(400)), (ms(50), ms(250)));
+        // The stretch after the last answer counts, up to the end of the sale; so does the one before the first.
+        assert_eq!(longest_gap(&[ms(10), ms(20)], ms(500)), (ms(20), ms(480)));
+        assert_eq!(longest_gap(&[ms(200), ms(210)], ms(250)), (ms(0), ms(200)));
+        assert_eq!(longest_gap(&[], ms(70)), (ms(0), ms(70)));
+    }
 }

@@ -568,9 +568,8 @@ impl Node {
     /// their partitions and the order confirmed, or aborted with the first refusal; a closed order's legs are
     /// settled (paid) or released (cancelled, expired, aborted). Every step is idempotent, so whoever drives it
     /// (the request's node, or the home partition's leader later) may repeat any of them.
-    pub async fn drive_saga(&self, mut order: Order) -> Result<Order, RequestError> {
-        let home = order.id.partition().ok_or_else(|| RequestError::Internal(format!("order id {}", order.id)))?;
-        let id = order.id.clone();
+    pub async fn drive_saga(&self, mut order: Arc<Order>) -> Result<Arc<Order>, RequestError> {
+        let (home, id) = (order.id.partition(), order.id);
         if order.status == OrderStatus::Pending {
             let mut priced = Vec::new();
             let mut refusal = None;
@@ -582,7 +581,7 @@ impl Node {
                     .map(|l| Item { sku: l.sku.clone(), qty: l.qty })
                     .collect();
                 let reserve = rampart_trading::Command::ReserveLeg {
-                    order_id: id.clone(),
+                    order_id: id,
                     user_id: order.user_id.clone(),
                     items,
                     placed_ms: order.placed_ms,
@@ -591,8 +590,7 @@ impl Node {
                     OpOutcome::Trade(Outcome::Hold(h)) => match h.state {
                         HoldState::Reserved | HoldState::Sold => priced.extend(h.items),
                         HoldState::Released => {
-                            refusal =
-                                Some(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Aborted });
+                            refusal = Some(Rejection::InvalidState { order_id: id, status: OrderStatus::Aborted });
                             break;
                         }
                         HoldState::Refused(r) => {
@@ -611,16 +609,14 @@ impl Node {
                 Some(r) => Err(r),
                 None => Ok(priced),
             };
-            order = self
-                .order_outcome(home, rampart_trading::Command::ResolveSaga { order_id: id.clone(), result })
-                .await?;
+            order = self.order_outcome(home, rampart_trading::Command::ResolveSaga { order_id: id, result }).await?;
         }
         if !order.legs_synced && order.status != OrderStatus::Pending {
             let status = order.status;
             for p in order.leg_partitions() {
                 let command = match status {
-                    OrderStatus::Paid => rampart_trading::Command::Settle { order_id: id.clone() },
-                    _ => rampart_trading::Command::Release { order_id: id.clone() },
+                    OrderStatus::Paid => rampart_trading::Command::Settle { order_id: id },
+                    _ => rampart_trading::Command::Release { order_id: id },
                 };
                 if let OpOutcome::Trade(Outcome::Rejected { rejection, .. }) =
                     self.propose(p, Op::Trade(command)).await?
@@ -633,7 +629,11 @@ impl Node {
         Ok(order)
     }
 
-    async fn order_outcome(&self, group: GroupId, command: rampart_trading::Command) -> Result<Order, RequestError> {
+    async fn order_outcome(
+        &self,
+        group: GroupId,
+        command: rampart_trading::Command,
+    ) -> Result<Arc<Order>, RequestError> {
         match self.propose(group, Op::Trade(command)).await? {
             OpOutcome::Trade(Outcome::Order { order, .. }) => Ok(order),
             other => Err(RequestError::Internal(format!("partition {group}: unexpected {other:?}"))),

@@ -1218,13 +1218,13 @@ mod tests {
         };
         shard.apply(&Stamped { at_ms: 5, command: too_many });
         let leg = Command::ReserveLeg {
-            order_id: rampart_trading::OrderId("9-000001".into()),
+            order_id: rampart_trading::OrderId::new(9, 1),
             user_id: UserId("far".into()),
             items: vec![Item { sku: Sku("s".into()), qty: 1 }],
             placed_ms: 6,
         };
         shard.apply(&Stamped { at_ms: 6, command: leg });
-        let tombstone = Command::Release { order_id: rampart_trading::OrderId("9-000002".into()) };
+        let tombstone = Command::Release { order_id: rampart_trading::OrderId::new(9, 2) };
         shard.apply(&Stamped { at_ms: 7, command: tombstone });
         shard.apply(&Stamped { at_ms: 8, command: Command::Expire { forget_before_ms: 1 } });
         let (kv_then, rows_then) = (kv.clone(), shard.rows());

@@ -90,7 +90,7 @@ fn product_json(p: &Product, partition: GroupId) -> Value {
 /// per request).
 #[derive(Serialize)]
 struct OrderView<'a> {
-    order_id: &'a str,
+    order_id: OrderId,
     status: &'static str,
     items: Vec<LineView<'a>>,
     total_cents: u64,
@@ -111,7 +111,7 @@ struct LineView<'a> {
 
 fn order_json(o: &Order) -> Json<OrderView<'_>> {
     Json(OrderView {
-        order_id: &o.id.0,
+        order_id: o.id,
         status: o.status.as_str(),
         items: o.items.iter().map(|l| LineView { sku: &l.sku.0, qty: l.qty, price_cents: l.price_cents }).collect(),
         total_cents: o.total_cents,
@@ -299,10 +299,13 @@ async fn place_order(State(node): State<Arc<Node>>, b: Result<Json<NewOrder>, Js
 
 /// The partition of an order id, or the 404 answer for an id no partition can hold.
 fn order_group(node: &Node, id: &str) -> Result<(GroupId, OrderId), Refusal> {
-    let id = OrderId(id.to_owned());
-    match id.partition() {
-        Some(g) if g < node.config.partitions && id.0.len() <= MAX_ID => Ok((g, id)),
-        _ => Err(Refusal { status: StatusCode::NOT_FOUND, code: "unknown_order", message: format!("no order {id}") }),
+    match OrderId::parse(id) {
+        Some(order) if order.partition() < node.config.partitions => Ok((order.partition(), order)),
+        _ => Err(Refusal {
+            status: StatusCode::NOT_FOUND,
+            code: "unknown_order",
+            message: format!("no order {}", id.chars().take(MAX_ID).collect::<String>()),
+        }),
     }
 }
 
@@ -311,7 +314,7 @@ async fn get_order(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Res
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
-    match node.query(group, Read::Order(id.clone())).await {
+    match node.query(group, Read::Order(id)).await {
         Ok(ReadResult::Order(Some(o))) => order_json(&o).into_response(),
         Ok(_) => error(StatusCode::NOT_FOUND, "unknown_order", format!("no order {id}")),
         Err(e) => request_error(e),

@@ -1,6 +1,7 @@
 //! The values the state machine takes and gives: commands, outcomes, products, orders and stored rows.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,20 +13,69 @@ pub struct Sku(pub String);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserId(pub String);
 
-/// An order: `{partition}-{sequence}`, unique in the cluster and routable (its partition is in its name).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct OrderId(pub String);
+/// An order: `{partition}-{sequence}`, unique in the cluster and routable (its partition is in its name). Held as
+/// the two numbers (every replica keeps every order of its partitions, and this id in five of its indexes), and
+/// written and read as that string, in decimal without leading zeros: the only spelling of an id, so that two
+/// strings name the same order only if they are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderId {
+    partition: u32,
+    seq: u64,
+}
 
 impl OrderId {
     pub fn new(partition: u32, seq: u64) -> OrderId {
-        OrderId(format!("{partition}-{seq}"))
+        OrderId { partition, seq }
     }
 
-    /// The partition that holds this order, if the id is well formed.
-    pub fn partition(&self) -> Option<u32> {
-        let (p, seq) = self.0.split_once('-')?;
-        seq.parse::<u64>().ok()?;
-        p.parse().ok()
+    /// The partition that holds this order.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Reads an id written by [`OrderId`]'s `Display`; any other spelling (a sign, a leading zero, spaces, a
+    /// number out of range) is not an order id.
+    pub fn parse(s: &str) -> Option<OrderId> {
+        fn number<T: std::str::FromStr>(digits: &str) -> Option<T> {
+            let canonical = digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+            if canonical {
+                digits.parse().ok()
+            } else {
+                None
+            }
+        }
+        let (partition, seq) = s.split_once('-')?;
+        Some(OrderId { partition: number(partition)?, seq: number(seq)? })
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.partition, self.seq)
+    }
+}
+
+impl Serialize for OrderId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<OrderId, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = OrderId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an order id, {partition}-{sequence}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OrderId, E> {
+                OrderId::parse(s).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(s), &self))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -38,7 +88,7 @@ macro_rules! display_inner {
         }
     )*};
 }
-display_inner!(Sku, UserId, OrderId);
+display_inner!(Sku, UserId);
 
 /// A product and its stock. `added` is every unit ever added (initial stock and restocks):
 /// `available + reserved + sold == added` always.
@@ -271,8 +321,10 @@ impl fmt::Display for Rejection {
 pub enum Outcome {
     Product(Product),
     /// `replayed` when the order existed already (an idempotent retry, or pay/cancel of an order already there).
+    /// The order as the shard holds it (shared, not copied: every replica makes this outcome, and only the
+    /// leader's is read).
     Order {
-        order: Order,
+        order: Arc<Order>,
         replayed: bool,
     },
     Expired {
@@ -300,7 +352,8 @@ pub enum Row {
         clock_ms: u64,
     },
     Product(Product),
-    Order(Order),
+    /// Shared with the shard: a snapshot's rows copy no order.
+    Order(Arc<Order>),
     Refusal {
         seq: u64,
         refusal: Refusal,
@@ -329,4 +382,43 @@ pub struct Refusal {
     pub items: Vec<Item>,
     pub at_ms: u64,
     pub rejection: Rejection,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_id_is_written_and_read_in_one_spelling_only() {
+        let id = OrderId::new(55, 12_345);
+        assert_eq!((id.to_string().as_str(), id.partition()), ("55-12345", 55));
+        assert_eq!(OrderId::parse("55-12345"), Some(id));
+        assert_eq!(OrderId::parse("0-0"), Some(OrderId::new(0, 0)));
+        let max = format!("{}-{}", u32::MAX, u64::MAX);
+        assert_eq!(OrderId::parse(&max), Some(OrderId::new(u32::MAX, u64::MAX)));
+        for bad in [
+            "",
+            "-",
+            "55",
+            "55-",
+            "-1",
+            "055-1",
+            "55-01",
+            "+5-1",
+            "5-+1",
+            "5 -1",
+            "5-1 ",
+            "5-1-2",
+            "x-1",
+            "4294967296-1",
+        ] {
+            assert_eq!(OrderId::parse(bad), None, "{bad:?} was read as an order id");
+        }
+        // Stored and sent as the string: data written when the id was a string reads back, and a stored id in
+        // another spelling is an error, not another order.
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec("55-12345").unwrap());
+        assert_eq!(postcard::from_bytes::<OrderId>(&bytes).unwrap(), id);
+        assert!(postcard::from_bytes::<OrderId>(&postcard::to_allocvec("55-012345").unwrap()).is_err());
+    }
 }

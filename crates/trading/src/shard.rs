@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use crate::model::{
     Command, Hold, HoldState, Item, LineItem, Order, OrderId, OrderStatus, Outcome, Product, Refusal, Rejection, Row,
@@ -23,7 +24,7 @@ pub enum RestoreError {
 pub struct RowsView {
     /// The meta row and the products.
     head: Vec<Row>,
-    orders: imbl::OrdMap<OrderId, Order>,
+    orders: imbl::OrdMap<OrderId, Arc<Order>>,
     refusals: imbl::OrdMap<u64, Refusal>,
     holds: imbl::OrdMap<OrderId, Hold>,
     closed_holds: imbl::OrdMap<OrderId, u64>,
@@ -97,7 +98,9 @@ pub struct Shard {
     products: BTreeMap<Sku, Product>,
     /// Persistent, as are the refusals and the holds: a snapshot takes them in constant time
     /// ([`Shard::rows_view`]).
-    orders: imbl::OrdMap<OrderId, Order>,
+    /// Each order behind an `Arc`: an outcome and a snapshot's rows share it, and the map's nodes, copied on
+    /// write while a snapshot holds them, hold pointers, not orders.
+    orders: imbl::OrdMap<OrderId, Arc<Order>>,
     next_refusal: u64,
     /// The remembered refusals, by sequence number.
     refusals: imbl::OrdMap<u64, Refusal>,
@@ -148,15 +151,15 @@ impl Shard {
                 Row::Order(o) => {
                     if !o.key_released {
                         let key = Hashed::new((o.user_id.clone(), o.idempotency_key.clone()));
-                        shard.remembered.insert((o.placed_ms, Remembered::Placed(o.id.clone())));
-                        if shard.idempotency.insert(key, Remembered::Placed(o.id.clone())).is_some() {
+                        shard.remembered.insert((o.placed_ms, Remembered::Placed(o.id)));
+                        if shard.idempotency.insert(key, Remembered::Placed(o.id)).is_some() {
                             return Err(RestoreError::Inconsistent(format!(
                                 "order {}: its key is remembered twice",
                                 o.id
                             )));
                         }
                     }
-                    shard.orders.insert(o.id.clone(), o);
+                    shard.orders.insert(o.id, o);
                 }
                 Row::Hold(h) => {
                     // Written closed only by a build that did not record when a hold closed; dated below.
@@ -169,7 +172,7 @@ impl Shard {
                             hold.order_id
                         )));
                     }
-                    shard.closed_holds.insert(hold.order_id.clone(), closed_ms);
+                    shard.closed_holds.insert(hold.order_id, closed_ms);
                     shard.insert_restored_hold(hold)?;
                 }
                 Row::HoldsForgotten { before_ms } => shard.holds_forgotten_before_ms = before_ms,
@@ -191,18 +194,18 @@ impl Shard {
         // earlier; the two differ only in answering a saga command for that order a retention after it ended).
         for h in shard.holds.values() {
             if !h.state.holds_stock() && !shard.closed_holds.contains_key(&h.order_id) {
-                shard.closed_holds.insert(h.order_id.clone(), shard.clock_ms);
+                shard.closed_holds.insert(h.order_id, shard.clock_ms);
             }
         }
-        shard.closing = shard.closed_holds.iter().map(|(id, at)| (*at, id.clone())).collect();
+        shard.closing = shard.closed_holds.iter().map(|(id, at)| (*at, *id)).collect();
         let mut reserved: BTreeMap<Sku, u64> = BTreeMap::new();
         let mut sold: BTreeMap<Sku, u64> = BTreeMap::new();
         for o in shard.orders.values() {
             if o.status == OrderStatus::Confirmed {
-                shard.deadlines.insert((o.pay_deadline_ms, o.id.clone()));
+                shard.deadlines.insert((o.pay_deadline_ms, o.id));
             }
             if o.needs_driving() {
-                shard.driving.insert(o.id.clone());
+                shard.driving.insert(o.id);
             }
             if !o.status.holds_stock() {
                 continue;
@@ -244,8 +247,8 @@ impl Shard {
 
     /// A restored hold, refusing a second one for the same order.
     fn insert_restored_hold(&mut self, hold: Hold) -> Result<(), RestoreError> {
-        let id = hold.order_id.clone();
-        if self.holds.insert(id.clone(), hold).is_some() {
+        let id = hold.order_id;
+        if self.holds.insert(id, hold).is_some() {
             return Err(RestoreError::Inconsistent(format!("hold {id}: stored twice")));
         }
         Ok(())
@@ -260,7 +263,7 @@ impl Shard {
     }
 
     pub fn order(&self, id: &OrderId) -> Option<&Order> {
-        self.orders.get(id)
+        self.orders.get(id).map(Arc::as_ref)
     }
 
     pub fn products(&self) -> impl Iterator<Item = &Product> {
@@ -268,7 +271,7 @@ impl Shard {
     }
 
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
-        self.orders.values()
+        self.orders.values().map(Arc::as_ref)
     }
 
     /// The latest business time applied.
@@ -317,14 +320,14 @@ impl Shard {
     }
 
     /// Orders whose saga the home partition's leader must drive: pending, or legs not matching the status.
-    pub fn orders_to_drive(&self) -> Vec<Order> {
+    pub fn orders_to_drive(&self) -> Vec<Arc<Order>> {
         self.driving.iter().filter_map(|id| self.orders.get(id)).cloned().collect()
     }
 
     /// Every change to an order goes through here: its row is written, and the saga index follows it.
     fn order_changed(&mut self, id: OrderId) {
-        if self.orders.get(&id).is_some_and(Order::needs_driving) {
-            self.driving.insert(id.clone());
+        if self.orders.get(&id).is_some_and(|o| o.needs_driving()) {
+            self.driving.insert(id);
         } else {
             self.driving.remove(&id);
         }
@@ -419,7 +422,7 @@ impl Shard {
                 let same = order.items.len() == items.len()
                     && order.items.iter().zip(items).all(|(l, i)| l.sku == i.sku && l.qty == i.qty);
                 if !same {
-                    return Err(Rejection::KeyReused { order_id: Some(id.clone()) });
+                    return Err(Rejection::KeyReused { order_id: Some(*id) });
                 }
                 return Ok(Outcome::Order { order: order.clone(), replayed: true });
             }
@@ -468,7 +471,7 @@ impl Shard {
                 let local: Vec<LineItem> = lines.iter().filter(|l| l.remote.is_none()).cloned().collect();
                 self.reserve_lines(user_id, &local);
                 let order = Order {
-                    id: id.clone(),
+                    id,
                     user_id: user_id.clone(),
                     idempotency_key: key.to_owned(),
                     items: lines,
@@ -482,17 +485,17 @@ impl Shard {
                     legs_synced: !saga,
                 };
                 if !saga {
-                    self.deadlines.insert((pay_deadline_ms, id.clone()));
+                    self.deadlines.insert((pay_deadline_ms, id));
                 }
-                self.orders.insert(id.clone(), order);
-                self.order_changed(id.clone());
+                self.orders.insert(id, Arc::new(order));
+                self.order_changed(id);
                 Ok(id)
             }
         };
         match answer {
             Ok(id) => {
-                self.remembered.insert((now, Remembered::Placed(id.clone())));
-                self.idempotency.insert(record_key, Remembered::Placed(id.clone()));
+                self.remembered.insert((now, Remembered::Placed(id)));
+                self.idempotency.insert(record_key, Remembered::Placed(id));
                 Ok(Outcome::Order { order: self.orders[&id].clone(), replayed: false })
             }
             Err(rejection) => {
@@ -515,7 +518,7 @@ impl Shard {
 
     /// Moves a confirmed order to `to` (paid or cancelled). An order past its deadline expires first.
     fn close(&mut self, now: u64, id: &OrderId, to: OrderStatus) -> Result<Outcome, Rejection> {
-        let order = self.orders.get(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        let order = self.orders.get(id).ok_or(Rejection::UnknownOrder(*id))?;
         if order.status == OrderStatus::Confirmed && order.pay_deadline_ms <= now {
             self.finish(id, OrderStatus::Expired, now);
         }
@@ -526,17 +529,17 @@ impl Shard {
                 self.finish(id, to, now);
                 Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
             }
-            status => Err(Rejection::InvalidState { order_id: id.clone(), status }),
+            status => Err(Rejection::InvalidState { order_id: *id, status }),
         }
     }
 
     /// Moves a confirmed order to a final state and its reserved stock to sold (paid) or back to available.
     fn finish(&mut self, id: &OrderId, to: OrderStatus, now: u64) {
-        let order = self.orders.get_mut(id).expect("caller checked");
+        let order = self.orders.get_mut(id).map(Arc::make_mut).expect("caller checked");
         assert_eq!(order.status, OrderStatus::Confirmed, "order {id}: only a confirmed order can be closed");
         order.status = to;
         order.closed_ms = Some(now);
-        self.deadlines.remove(&(order.pay_deadline_ms, id.clone()));
+        self.deadlines.remove(&(order.pay_deadline_ms, *id));
         if order.items.iter().any(|l| l.remote.is_some()) {
             order.legs_synced = false;
         }
@@ -547,7 +550,7 @@ impl Shard {
         } else {
             self.release_lines(&user, &local);
         }
-        self.order_changed(id.clone());
+        self.order_changed(*id);
     }
 
     /// The line `item` would be, priced, if `user` may reserve it now; else why not.
@@ -611,11 +614,11 @@ impl Shard {
     }
 
     fn legs_synced(&mut self, id: &OrderId, status: OrderStatus) -> Result<Outcome, Rejection> {
-        let order = self.orders.get_mut(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        let order = self.orders.get_mut(id).map(Arc::make_mut).ok_or(Rejection::UnknownOrder(*id))?;
         // Only for the status the driver synced to: a pay or cancel applied meanwhile needs another round.
         if order.status == status && !order.legs_synced {
             order.legs_synced = true;
-            self.order_changed(id.clone());
+            self.order_changed(*id);
         }
         Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
     }
@@ -634,8 +637,7 @@ impl Shard {
             return Ok(Outcome::Hold(h.clone()));
         }
         if placed_ms.is_some_and(|p| p < self.holds_forgotten_before_ms) {
-            let gone =
-                Hold { order_id: id.clone(), user_id: user_id.clone(), items: Vec::new(), state: HoldState::Released };
+            let gone = Hold { order_id: *id, user_id: user_id.clone(), items: Vec::new(), state: HoldState::Released };
             return Ok(Outcome::Hold(gone));
         }
         validate_items(items)?;
@@ -647,8 +649,8 @@ impl Shard {
             }
             Err(r) => (Vec::new(), HoldState::Refused(r)),
         };
-        let hold = Hold { order_id: id.clone(), user_id: user_id.clone(), items: lines, state };
-        self.holds.insert(id.clone(), hold.clone());
+        let hold = Hold { order_id: *id, user_id: user_id.clone(), items: lines, state };
+        self.holds.insert(*id, hold.clone());
         if !hold.state.holds_stock() {
             self.hold_closed(id, now);
         }
@@ -657,21 +659,17 @@ impl Shard {
 
     /// Dates a hold that no longer holds anything, so that it is forgotten after the retention.
     fn hold_closed(&mut self, id: &OrderId, now: u64) {
-        if self.closed_holds.insert(id.clone(), now).is_none() {
-            self.closing.insert((now, id.clone()));
+        if self.closed_holds.insert(*id, now).is_none() {
+            self.closing.insert((now, *id));
         }
     }
 
     /// Releases a saga leg here; a release before any reservation leaves a tombstone that refuses it later.
     fn release(&mut self, now: u64, id: &OrderId) -> Result<Outcome, Rejection> {
         let Some(hold) = self.holds.get_mut(id) else {
-            let tombstone = Hold {
-                order_id: id.clone(),
-                user_id: UserId(String::new()),
-                items: Vec::new(),
-                state: HoldState::Released,
-            };
-            self.holds.insert(id.clone(), tombstone.clone());
+            let tombstone =
+                Hold { order_id: *id, user_id: UserId(String::new()), items: Vec::new(), state: HoldState::Released };
+            self.holds.insert(*id, tombstone.clone());
             self.hold_closed(id, now);
             return Ok(Outcome::Hold(tombstone));
         };
@@ -683,14 +681,14 @@ impl Shard {
                 self.hold_closed(id, now);
                 Ok(Outcome::Hold(answer))
             }
-            HoldState::Sold => Err(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Paid }),
+            HoldState::Sold => Err(Rejection::InvalidState { order_id: *id, status: OrderStatus::Paid }),
             HoldState::Released | HoldState::Refused(_) => Ok(Outcome::Hold(hold.clone())),
         }
     }
 
     /// A saga leg's reserved lines become sold.
     fn settle(&mut self, id: &OrderId) -> Result<Outcome, Rejection> {
-        let hold = self.holds.get_mut(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        let hold = self.holds.get_mut(id).ok_or(Rejection::UnknownOrder(*id))?;
         match hold.state {
             HoldState::Reserved => {
                 hold.state = HoldState::Sold;
@@ -700,7 +698,7 @@ impl Shard {
             }
             HoldState::Sold => Ok(Outcome::Hold(hold.clone())),
             HoldState::Released | HoldState::Refused(_) => {
-                Err(Rejection::InvalidState { order_id: id.clone(), status: OrderStatus::Cancelled })
+                Err(Rejection::InvalidState { order_id: *id, status: OrderStatus::Cancelled })
             }
         }
     }
@@ -712,7 +710,7 @@ impl Shard {
         id: &OrderId,
         result: &Result<Vec<LineItem>, Rejection>,
     ) -> Result<Outcome, Rejection> {
-        let order = self.orders.get(id).ok_or_else(|| Rejection::UnknownOrder(id.clone()))?;
+        let order = self.orders.get(id).ok_or(Rejection::UnknownOrder(*id))?;
         if order.status != OrderStatus::Pending {
             return Ok(Outcome::Order { order: order.clone(), replayed: true });
         }
@@ -741,7 +739,7 @@ impl Shard {
             }
             Err(rejection) => Err(rejection.clone()),
         };
-        let order = self.orders.get_mut(id).expect("looked up above");
+        let order = self.orders.get_mut(id).map(Arc::make_mut).expect("looked up above");
         match priced_lines {
             Ok((prices, total)) => {
                 for (i, price) in prices {
@@ -750,7 +748,7 @@ impl Shard {
                 order.total_cents = total;
                 order.status = OrderStatus::Confirmed;
                 order.legs_synced = true;
-                self.deadlines.insert((order.pay_deadline_ms, id.clone()));
+                self.deadlines.insert((order.pay_deadline_ms, *id));
             }
             Err(rejection) => {
                 order.status = OrderStatus::Aborted;
@@ -762,7 +760,7 @@ impl Shard {
                 self.release_lines(&user, &local);
             }
         }
-        self.order_changed(id.clone());
+        self.order_changed(*id);
         Ok(Outcome::Order { order: self.orders[id].clone(), replayed: false })
     }
 
@@ -780,7 +778,7 @@ impl Shard {
             let Some((_, record)) = self.remembered.pop_first() else { break };
             match record {
                 Remembered::Placed(id) => {
-                    if let Some(order) = self.orders.get_mut(&id) {
+                    if let Some(order) = self.orders.get_mut(&id).map(Arc::make_mut) {
                         self.idempotency.remove(&Hashed::new((order.user_id.clone(), order.idempotency_key.clone())));
                         order.key_released = true;
                         self.order_changed(id);

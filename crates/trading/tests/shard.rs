@@ -66,22 +66,22 @@ fn an_order_reserves_payment_sells_and_a_retry_returns_the_same_order() {
     let mut shard = Shard::new(7);
     shard.apply(&at(1, create("hot", 10, None)));
     let (id, replayed) = placed(shard.apply(&at(2, order("u1", "k1", &[("hot", 3)], 15 * MIN))));
-    assert_eq!((id.0.as_str(), replayed), ("7-0", false));
-    assert_eq!(id.partition(), Some(7));
+    assert_eq!((id.to_string().as_str(), replayed), ("7-0", false));
+    assert_eq!(id.partition(), 7);
     assert_eq!(stock(&shard, "hot"), (7, 3, 0));
     // The same request again: the same order, nothing more reserved.
-    assert_eq!(placed(shard.apply(&at(3, order("u1", "k1", &[("hot", 3)], 15 * MIN)))), (id.clone(), true));
+    assert_eq!(placed(shard.apply(&at(3, order("u1", "k1", &[("hot", 3)], 15 * MIN)))), (id, true));
     assert_eq!(stock(&shard, "hot"), (7, 3, 0));
     // The same key for another request is refused and changes nothing.
     let (r, _) = rejected(shard.apply(&at(4, order("u1", "k1", &[("hot", 1)], 15 * MIN))));
-    assert_eq!(r, Rejection::KeyReused { order_id: Some(id.clone()) });
+    assert_eq!(r, Rejection::KeyReused { order_id: Some(id) });
     // Another user may use the same key.
     let (other, _) = placed(shard.apply(&at(4, order("u2", "k1", &[("hot", 1)], 15 * MIN))));
     assert_ne!(other, id);
-    assert_eq!(placed(shard.apply(&at(5, Command::Pay { order_id: id.clone() }))), (id.clone(), false));
+    assert_eq!(placed(shard.apply(&at(5, Command::Pay { order_id: id }))), (id, false));
     assert_eq!(stock(&shard, "hot"), (6, 1, 3));
-    assert_eq!(placed(shard.apply(&at(6, Command::Pay { order_id: id.clone() }))), (id.clone(), true));
-    let (r, _) = rejected(shard.apply(&at(7, Command::Cancel { order_id: id.clone() })));
+    assert_eq!(placed(shard.apply(&at(6, Command::Pay { order_id: id }))), (id, true));
+    let (r, _) = rejected(shard.apply(&at(7, Command::Cancel { order_id: id })));
     assert_eq!(r, Rejection::InvalidState { order_id: id, status: OrderStatus::Paid });
 }
 
@@ -131,7 +131,7 @@ fn unpaid_orders_expire_at_their_deadline_and_records_are_forgotten_after_retent
     assert_eq!(shard.order(&early).map(|o| o.status), Some(OrderStatus::Expired));
     assert_eq!(stock(&shard, "a"), (8, 2, 0));
     // Paying after the deadline, before any expiry command: the order expires then and there.
-    let (r, _) = rejected(shard.apply(&at(9_000, Command::Pay { order_id: late.clone() })));
+    let (r, _) = rejected(shard.apply(&at(9_000, Command::Pay { order_id: late })));
     assert_eq!(r, Rejection::InvalidState { order_id: late, status: OrderStatus::Expired });
     assert_eq!(stock(&shard, "a"), (10, 0, 0));
     // The user's limit is free again.
@@ -139,9 +139,9 @@ fn unpaid_orders_expire_at_their_deadline_and_records_are_forgotten_after_retent
     // Records written before 2_000 are forgotten: the key may then name a new order.
     let out = shard.apply(&at(9_002, Command::Expire { forget_before_ms: 2_000 }));
     assert_eq!(out, Outcome::Expired { orders: 0, forgotten: 1 });
-    shard.apply(&at(9_003, Command::Cancel { order_id: OrderId("0-2".into()) }));
+    shard.apply(&at(9_003, Command::Cancel { order_id: OrderId::new(0, 2) }));
     let (again, replayed) = placed(shard.apply(&at(9_004, order("u", "k1", &[("a", 2)], 20_000))));
-    assert_eq!((again.0.as_str(), replayed), ("0-3", false));
+    assert_eq!((again.to_string().as_str(), replayed), ("0-3", false));
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn a_lagging_leader_clock_cannot_move_business_time_back() {
     let (id, _) = placed(shard.apply(&at(10_000, order("u", "k", &[("a", 1)], 12_000))));
     shard.apply(&at(13_000, Command::Expire { forget_before_ms: 0 }));
     // A new leader whose clock reads 11_000 cannot pay an order that already expired at 13_000.
-    let (r, _) = rejected(shard.apply(&at(11_000, Command::Pay { order_id: id.clone() })));
+    let (r, _) = rejected(shard.apply(&at(11_000, Command::Pay { order_id: id })));
     assert_eq!(r, Rejection::InvalidState { order_id: id, status: OrderStatus::Expired });
     assert_eq!(shard.clock_ms(), 13_000);
 }
@@ -212,52 +212,45 @@ fn a_saga_reserves_here_and_there_and_handles_the_tcc_anomalies() {
     assert_eq!(order.status, OrderStatus::Pending);
     assert_eq!(order.leg_partitions(), vec![1]);
     assert_eq!(stock(&home, "a"), (3, 2, 0), "local lines reserved while pending");
-    let leg = || Command::Reserve {
-        order_id: order.id.clone(),
-        user_id: user("u"),
-        items: vec![Item { sku: sku("b"), qty: 1 }],
-    };
+    let leg =
+        || Command::Reserve { order_id: order.id, user_id: user("u"), items: vec![Item { sku: sku("b"), qty: 1 }] };
     // A duplicate reservation is the same reservation.
     assert_eq!(hold_state(other.apply(&at(2, leg()))), HoldState::Reserved);
     assert_eq!(hold_state(other.apply(&at(2, leg()))), HoldState::Reserved);
     assert_eq!(stock(&other, "b"), (0, 1, 0));
     let Some(hold) = other.hold(&order.id).cloned() else { panic!("held") };
-    let resolved = home.apply(&at(3, Command::ResolveSaga { order_id: order.id.clone(), result: Ok(hold.items) }));
+    let resolved = home.apply(&at(3, Command::ResolveSaga { order_id: order.id, result: Ok(hold.items) }));
     let Outcome::Order { order: confirmed, .. } = resolved else { panic!("resolved") };
     assert_eq!((confirmed.status, confirmed.total_cents), (OrderStatus::Confirmed, 2 * 250 + 250));
     // Paying sells the local lines and leaves the leg to be settled.
-    let Outcome::Order { order: paid, .. } = home.apply(&at(4, Command::Pay { order_id: order.id.clone() })) else {
+    let Outcome::Order { order: paid, .. } = home.apply(&at(4, Command::Pay { order_id: order.id })) else {
         panic!("paid")
     };
     assert!(paid.needs_driving());
-    assert_eq!(hold_state(other.apply(&at(5, Command::Settle { order_id: order.id.clone() }))), HoldState::Sold);
-    home.apply(&at(6, Command::LegsSynced { order_id: order.id.clone(), status: OrderStatus::Paid }));
+    assert_eq!(hold_state(other.apply(&at(5, Command::Settle { order_id: order.id }))), HoldState::Sold);
+    home.apply(&at(6, Command::LegsSynced { order_id: order.id, status: OrderStatus::Paid }));
     assert!(!home.order(&order.id).unwrap().needs_driving());
     assert_eq!((stock(&home, "a"), stock(&other, "b")), ((3, 0, 2), (0, 0, 1)));
     // A second saga: the other partition refuses (out of stock), the home aborts and releases its lines.
     let Outcome::Order { order: second, .. } = home.apply(&at(7, place("k2"))) else { panic!("placed") };
     let refused = other.apply(&at(
         8,
-        Command::Reserve {
-            order_id: second.id.clone(),
-            user_id: user("u"),
-            items: vec![Item { sku: sku("b"), qty: 1 }],
-        },
+        Command::Reserve { order_id: second.id, user_id: user("u"), items: vec![Item { sku: sku("b"), qty: 1 }] },
     ));
     let HoldState::Refused(why) = hold_state(refused) else { panic!("refused") };
-    home.apply(&at(9, Command::ResolveSaga { order_id: second.id.clone(), result: Err(why.clone()) }));
+    home.apply(&at(9, Command::ResolveSaga { order_id: second.id, result: Err(why.clone()) }));
     assert_eq!(home.order(&second.id).map(|o| o.status), Some(OrderStatus::Aborted));
     assert_eq!(stock(&home, "a"), (3, 0, 2), "the aborted saga's local lines were released");
     // A retry of the aborted request gets the aborted order back, not a new one.
     let Outcome::Order { order: again, replayed } = home.apply(&at(10, place("k2"))) else { panic!("replayed") };
-    assert_eq!((again.id, again.status, replayed), (second.id.clone(), OrderStatus::Aborted, true));
+    assert_eq!((again.id, again.status, replayed), (second.id, OrderStatus::Aborted, true));
     // A release that arrives before its reservation leaves a tombstone: the late reservation is refused.
     let ghost = OrderId::new(0, 99);
-    assert_eq!(hold_state(other.apply(&at(11, Command::Release { order_id: ghost.clone() }))), HoldState::Released);
+    assert_eq!(hold_state(other.apply(&at(11, Command::Release { order_id: ghost }))), HoldState::Released);
     other.apply(&at(11, Command::Restock { sku: sku("b"), qty: 5 }));
     let late = other.apply(&at(
         12,
-        Command::Reserve { order_id: ghost.clone(), user_id: user("v"), items: vec![Item { sku: sku("b"), qty: 1 }] },
+        Command::Reserve { order_id: ghost, user_id: user("v"), items: vec![Item { sku: sku("b"), qty: 1 }] },
     ));
     assert_eq!(hold_state(late), HoldState::Released);
     assert_eq!(stock(&other, "b"), (5, 0, 1), "nothing reserved by the late reservation");
@@ -304,7 +297,7 @@ fn closed_saga_legs_are_forgotten_after_retention_and_stay_refused() {
         other.apply(&at(51, Command::Expire { forget_before_ms: 31 })),
         Outcome::Expired { orders: 0, forgotten: 2 }
     );
-    let held: Vec<(String, HoldState)> = other.holds().map(|h| (h.order_id.0.clone(), h.state.clone())).collect();
+    let held: Vec<(String, HoldState)> = other.holds().map(|h| (h.order_id.to_string(), h.state.clone())).collect();
     assert_eq!(held.len(), 2, "{held:?}");
     assert!(other.hold(&id(1)).is_some_and(|h| h.state == HoldState::Sold));
     assert!(other.hold(&id(4)).is_some());
@@ -510,7 +503,7 @@ fn a_saga_whose_total_overflows_is_aborted_and_releases_its_stock() {
     let priced: Vec<LineItem> = (0..20)
         .map(|i| LineItem { sku: sku(&format!("r{i}")), qty: 1_000_000, price_cents: 1_000_000_000_000, remote: None })
         .collect();
-    home.apply(&at(2, Command::ResolveSaga { order_id: order.id.clone(), result: Ok(priced) }));
+    home.apply(&at(2, Command::ResolveSaga { order_id: order.id, result: Ok(priced) }));
     let after = home.order(&order.id).expect("order");
     assert_eq!(after.status, OrderStatus::Aborted);
     assert!(after.needs_driving(), "its legs must still be released");

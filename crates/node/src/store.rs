@@ -1035,6 +1035,7 @@ impl GroupState {
             EntryPayload::Blank => {}
             EntryPayload::Normal(command) => {
                 let at_ms = command.at_ms;
+                outcomes.reserve_exact(command.ops.len());
                 for op in std::mem::take(&mut command.ops) {
                     outcomes.push(match op {
                         Op::Put { key, value } => {
@@ -1187,7 +1188,7 @@ mod tests {
         let order = |n: u64| Stamped {
             at_ms: 10 + n,
             command: Command::PlaceOrder {
-                user_id: UserId(format!("u{n}")),
+                user_id: UserId(format!("u{n}").into()),
                 idempotency_key: format!("k{n}"),
                 items: vec![Item { sku: Sku("s".into()), qty: 1 }],
                 pay_deadline_ms: 1_000,

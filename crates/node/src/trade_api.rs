@@ -199,7 +199,7 @@ async fn create_product(
     };
     let group = node.partition_of(&sku);
     let command = Command::CreateProduct {
-        sku: Sku(sku),
+        sku: Sku(sku.into()),
         name: b.name,
         price_cents: b.price_cents,
         stock: b.stock,
@@ -213,7 +213,7 @@ async fn get_product(State(node): State<Arc<Node>>, Path(sku): Path<String>) -> 
         return r.into_response();
     }
     let group = node.partition_of(&sku);
-    match node.query(group, Read::Product(Sku(sku.clone()))).await {
+    match node.query(group, Read::Product(Sku(sku.as_str().into()))).await {
         Ok(ReadResult::Product(Some(p))) => Json(product_json(&p, group)).into_response(),
         Ok(_) => error(StatusCode::NOT_FOUND, "unknown_sku", format!("no product {sku}")),
         Err(e) => request_error(e),
@@ -242,7 +242,7 @@ async fn restock(
         Err(r) => return r.into_response(),
     };
     let group = node.partition_of(&sku);
-    trade(&node, group, Command::Restock { sku: Sku(sku), qty: b.qty }, StatusCode::OK).await
+    trade(&node, group, Command::Restock { sku: Sku(sku.into()), qty: b.qty }, StatusCode::OK).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,12 +284,16 @@ async fn place_order(State(node): State<Arc<Node>>, b: Result<Json<NewOrder>, Js
     };
     // An order lives in its first SKU's partition; lines of SKUs in other partitions are reserved there (a saga).
     let group = node.partition_of(&b.items[0].sku);
-    let remote: BTreeMap<Sku, u32> =
-        b.items.iter().map(|i| (Sku(i.sku.clone()), node.partition_of(&i.sku))).filter(|(_, p)| *p != group).collect();
+    let remote: BTreeMap<Sku, u32> = b
+        .items
+        .iter()
+        .map(|i| (Sku(i.sku.as_str().into()), node.partition_of(&i.sku)))
+        .filter(|(_, p)| *p != group)
+        .collect();
     let command = Command::PlaceOrder {
-        user_id: UserId(b.user_id),
+        user_id: UserId(b.user_id.into()),
         idempotency_key: b.idempotency_key,
-        items: b.items.into_iter().map(|i| Item { sku: Sku(i.sku), qty: i.qty }).collect(),
+        items: b.items.into_iter().map(|i| Item { sku: Sku(i.sku.into()), qty: i.qty }).collect(),
         // Stamped by the partition's leader when it proposes the order.
         pay_deadline_ms: 0,
         remote,

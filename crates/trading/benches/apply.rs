@@ -97,7 +97,7 @@ fn rows_view(c: &mut Criterion) {
     for n in 0..100_000 {
         let reserve = Command::ReserveLeg {
             order_id: OrderId::new(3, n),
-            user_id: UserId(format!("bench-run-customer-{n}")),
+            user_id: UserId(format!("bench-run-customer-{n}").into()),
             items: vec![Item { sku: Sku(SKU.into()), qty: 1 }],
             placed_ms: 1_700_000_000_000,
         };

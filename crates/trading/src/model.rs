@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// A product's stock-keeping unit.
+/// A product's stock-keeping unit. Shared (`Arc<str>`): the product, each order line and each buyer's holding
+/// name it, and a copy is a reference count.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Sku(pub String);
+pub struct Sku(pub Arc<str>);
 
-/// A buyer.
+/// A buyer. Shared (`Arc<str>`): an order, its idempotency record and the buyer's holdings name it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct UserId(pub String);
+pub struct UserId(pub Arc<str>);
 
 /// An order: `{partition}-{sequence}`, unique in the cluster and routable (its partition is in its name). Held as
 /// the two numbers (every replica keeps every order of its partitions, and this id in five of its indexes), and

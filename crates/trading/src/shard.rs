@@ -566,7 +566,7 @@ impl Shard {
                 return Err(Rejection::LimitExceeded { sku: item.sku.clone(), max_per_user: max });
             }
         }
-        Ok(LineItem { sku: item.sku.clone(), qty: item.qty, price_cents: p.price_cents, remote: None })
+        Ok(LineItem { sku: p.sku.clone(), qty: item.qty, price_cents: p.price_cents, remote: None })
     }
 
     /// Available → reserved for lines [`Shard::check_line`] accepted, counted against `user`'s limits.
@@ -668,7 +668,7 @@ impl Shard {
     fn release(&mut self, now: u64, id: &OrderId) -> Result<Outcome, Rejection> {
         let Some(hold) = self.holds.get_mut(id) else {
             let tombstone =
-                Hold { order_id: *id, user_id: UserId(String::new()), items: Vec::new(), state: HoldState::Released };
+                Hold { order_id: *id, user_id: UserId("".into()), items: Vec::new(), state: HoldState::Released };
             self.holds.insert(*id, tombstone.clone());
             self.hold_closed(id, now);
             return Ok(Outcome::Hold(tombstone));

@@ -446,13 +446,13 @@ proptest! {
                         let user = format!("u{u}");
                         let in_orders: u64 = a
                             .orders()
-                            .filter(|o| o.user_id.0 == user && o.status.holds_stock())
+                            .filter(|o| *o.user_id.0 == *user && o.status.holds_stock())
                             .flat_map(|o| o.items.iter().filter(|l| l.sku == p.sku && l.remote.is_none()))
                             .map(|l| u64::from(l.qty))
                             .sum();
                         let in_holds: u64 = a
                             .holds()
-                            .filter(|h| h.user_id.0 == user && matches!(h.state, HoldState::Reserved | HoldState::Sold))
+                            .filter(|h| *h.user_id.0 == *user && matches!(h.state, HoldState::Reserved | HoldState::Sold))
                             .flat_map(|h| h.items.iter().filter(|l| l.sku == p.sku))
                             .map(|l| u64::from(l.qty))
                             .sum();

@@ -25,7 +25,7 @@ pub fn order(n: u64, user_id: String, key: String) -> Stamped {
     Stamped {
         at_ms: 1_700_000_000_000 + n / 10,
         command: Command::PlaceOrder {
-            user_id: UserId(user_id),
+            user_id: UserId(user_id.into()),
             idempotency_key: key,
             items: vec![Item { sku: Sku(SKU.into()), qty: 1 }],
             pay_deadline_ms: 1_700_000_900_000 + n / 10,

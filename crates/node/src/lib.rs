@@ -41,7 +41,14 @@ pub async fn run(
     // refuse them so that they try another node at once.
     let socket = take_address(http).map_err(bind_error)?;
     let node = node::Node::start(config).await?;
-    let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+    let listener = match socket.listen(LISTEN_BACKLOG) {
+        Ok(listener) => listener,
+        Err(e) => {
+            // Another process took the port meanwhile: stop the groups just started, flushing storage.
+            node.shutdown().await;
+            return Err(bind_error(e));
+        }
+    };
     // Small request/response exchanges: Nagle's algorithm with delayed ACKs would add tens of milliseconds.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);

@@ -410,11 +410,12 @@ impl LaneTurns {
     /// the returned [`Turn`] is dropped.
     pub async fn wait(&self, ticket: LaneTicket) -> Result<Turn<'_>, Late> {
         let deadline = Instant::now() + self.wait_max;
+        let mut waited_out = false;
         loop {
             let advanced = self.advanced.notified();
             tokio::pin!(advanced);
             advanced.as_mut().enable();
-            {
+            let (outcome, moved) = {
                 let Ok(mut next) = self.next.lock() else { return Err(Late) };
                 let now = Instant::now();
                 if !next.contains_key(&ticket.lane) {
@@ -422,16 +423,28 @@ impl LaneTurns {
                 }
                 let (turn, heard) = next.entry(ticket.lane).or_insert((ticket.oldest, now));
                 *heard = now;
+                let before = *turn;
                 *turn = (*turn).max(ticket.oldest);
-                if ticket.seq < *turn {
-                    return Err(Late);
-                }
-                if ticket.seq == *turn {
-                    return Ok(Turn { turns: self, ticket });
-                }
+                let outcome = if ticket.seq < *turn {
+                    Some(Err(Late))
+                } else if ticket.seq == *turn || waited_out {
+                    // Waited out: the batches before it are given up, and one of them coming now is late.
+                    *turn = ticket.seq;
+                    Some(Ok(Turn { turns: self, ticket }))
+                } else {
+                    None
+                };
+                (outcome, *turn != before)
+            };
+            // The lane moved on without a batch ending its turn: a batch waiting for one it passed is late now.
+            if moved {
+                self.advanced.notify_waiters();
+            }
+            if let Some(outcome) = outcome {
+                return outcome;
             }
             if tokio::time::timeout_at(deadline, advanced).await.is_err() {
-                return Ok(Turn { turns: self, ticket });
+                waited_out = true;
             }
         }
     }
@@ -909,6 +922,31 @@ mod tests {
         let third = tokio::time::timeout(at_once, turns.wait(t(3, 3))).await.expect("batch 3 goes at once");
         drop(third.expect("in its turn"));
         assert_eq!(turns.wait(t(2, 2)).await.unwrap_err(), Late, "batch 2 arriving now is late");
+        // Batch 8 waits for 7; batch 9 then says the sender gave up on both: 8 is told at once that it is late,
+        // and is not handed over once its wait is out.
+        drop(tokio::time::timeout(at_once, turns.wait(t(4, 4))).await.expect("at once").expect("in its turn"));
+        drop(turns.wait(t(5, 5)).await.expect("batch 5"));
+        let eighth = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.wait(t(8, 7)).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ninth = tokio::time::timeout(at_once, turns.wait(t(9, 9))).await.expect("batch 9 goes at once");
+        let eighth = tokio::time::timeout(at_once, eighth).await.expect("batch 8 is told at once").unwrap();
+        assert_eq!(eighth, Err(Late));
+        drop(ninth);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_arrives_while_its_successor_holds_the_turn_it_waited_out_is_late() {
+        let turns = LaneTurns::default();
+        let t = |seq| LaneTicket { lane: 6, seq, oldest: seq.min(1) };
+        drop(turns.wait(t(0)).await.expect("first"));
+        // Batch 2 waits `TURN_WAIT` for batch 1 and takes its turn; batch 1 arriving meanwhile is late.
+        let second = turns.wait(t(2)).await.expect("in its turn once the wait is over");
+        assert_eq!(turns.wait(t(1)).await.unwrap_err(), Late);
+        drop(second);
+        drop(tokio::time::timeout(Duration::from_secs(5), turns.wait(t(3))).await.expect("at once").expect("turn"));
     }
 
     fn chunk(term: u64, offset: u64, total: u64, data: &[u8]) -> SnapshotChunk {

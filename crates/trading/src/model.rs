@@ -321,9 +321,9 @@ impl fmt::Display for Rejection {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Product(Product),
-    /// `replayed` when the order existed already (an idempotent retry, or pay/cancel of an order already there).
     /// The order as the shard holds it (shared, not copied: every replica makes this outcome, and only the
-    /// leader's is read).
+    /// leader's is read); `replayed` when the order existed already (an idempotent retry, or pay/cancel of an
+    /// order already there).
     Order {
         order: Arc<Order>,
         replayed: bool,

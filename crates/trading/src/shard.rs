@@ -97,9 +97,8 @@ pub struct Shard {
     clock_ms: u64,
     products: BTreeMap<Sku, Product>,
     /// Persistent, as are the refusals and the holds: a snapshot takes them in constant time
-    /// ([`Shard::rows_view`]).
-    /// Each order behind an `Arc`: an outcome and a snapshot's rows share it, and the map's nodes, copied on
-    /// write while a snapshot holds them, hold pointers, not orders.
+    /// ([`Shard::rows_view`]). Each order is behind an `Arc`: an outcome and a snapshot's rows share it, and the
+    /// map's nodes, copied on write while a snapshot holds them, hold pointers, not orders.
     orders: imbl::OrdMap<OrderId, Arc<Order>>,
     next_refusal: u64,
     /// The remembered refusals, by sequence number.

@@ -12,9 +12,8 @@ use axum::http::{header, Request, StatusCode};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
@@ -74,7 +73,7 @@ pub struct BenchArgs {
     /// `/v1/cluster` every 500 ms, as a smart client would), `any` to the client's node in turn (which forwards).
     #[arg(long, value_enum, default_value_t = Route::Leader)]
     route: Route,
-    /// One JSON object instead of text.
+    /// One JSON object instead of text (its `run` is the prefix of the SKUs and customers this run created).
     #[arg(long)]
     json: bool,
 }
@@ -130,6 +129,57 @@ struct Shared {
     last_ok: Mutex<Instant>,
     /// The longest time without an acknowledged request, and when it ended.
     max_gap: Mutex<(Duration, Instant)>,
+}
+
+/// One client's keep-alive HTTP/1.1 connection to one node. The client's own task drives it while a request is
+/// out, so a request and its answer cross no other task (a pooled client hands each one to a connection task and
+/// back): the load generator shares the machine with the cluster it measures and should cost it little.
+struct Connection {
+    addr: String,
+    sender: http1::SendRequest<Full<Bytes>>,
+    driver: std::pin::Pin<Box<http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>>>,
+}
+
+impl Connection {
+    async fn open(addr: &str) -> Option<Connection> {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.set_nodelay(true).ok()?;
+        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+        Some(Connection { addr: addr.to_owned(), sender, driver: Box::pin(driver) })
+    }
+
+    /// Sends `request` and reads the whole answer; `None` when the connection failed (it is then dropped).
+    async fn exchange(&mut self, request: Request<Full<Bytes>>) -> Option<StatusCode> {
+        let Connection { sender, driver, .. } = self;
+        let exchange = async {
+            sender.ready().await.ok()?;
+            let response = sender.send_request(request).await.ok()?;
+            let status = response.status();
+            response.into_body().collect().await.ok()?;
+            Some(status)
+        };
+        tokio::select! {
+            status = exchange => status,
+            // The connection ended (closed by the node, or broken) before the answer was read.
+            _ = driver.as_mut() => None,
+        }
+    }
+}
+
+/// Sends `request` to `addr` over the client's connection to it (opened on first use, and again after a failure).
+async fn send(connections: &mut Vec<Connection>, addr: &str, request: Request<Full<Bytes>>) -> Option<StatusCode> {
+    let at = match connections.iter().position(|c| c.addr == addr) {
+        Some(at) => at,
+        None => {
+            connections.push(Connection::open(addr).await?);
+            connections.len() - 1
+        }
+    };
+    let status = connections[at].exchange(request).await;
+    if status.is_none() {
+        connections.swap_remove(at);
+    }
+    status
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -213,14 +263,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_s);
     runtime.block_on(async {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
         let value = "x".repeat(args.value_bytes);
         let body = Bytes::from(format!(r#"{{"value":"{value}"}}"#));
         let mut tasks = Vec::new();
         for c in 0..args.clients {
-            let (client, body, shared, skus) = (client.clone(), body.clone(), shared.clone(), skus.clone());
+            let (body, shared, skus) = (body.clone(), shared.clone(), skus.clone());
             let leaders = leaders.clone();
             let home = addrs[c % addrs.len()].clone();
             let (keys, prefix, max_ops, workload, run) =
@@ -228,41 +275,43 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             tasks.push(tokio::spawn(async move {
                 let mut seq = c as u64;
                 let mut n = 0u64;
+                let mut connections = Vec::new();
                 while Instant::now() < deadline && shared.issued.fetch_add(1, Ordering::Relaxed) < max_ops {
                     n += 1;
                     let target = |key: &str| {
                         leaders.read().ok().and_then(|l| l.target(key).map(str::to_owned)).unwrap_or(home.clone())
                     };
-                    let routed_by;
-                    let request = if workload == Workload::Kv {
+                    let (addr, routed_by, request) = if workload == Workload::Kv {
                         let key = format!("{prefix}-{}", seq % keys);
                         seq += 7919 * (c as u64 + 1);
-                        let addr = target(&key);
-                        routed_by = key.clone();
-                        Request::put(format!("http://{addr}/v1/kv/{key}"))
+                        let request = Request::put(format!("/v1/kv/{key}"))
                             .header(header::CONTENT_TYPE, "application/json")
-                            .body(Full::new(body.clone()))
+                            .body(Full::new(body.clone()));
+                        (target(&key), key, request)
                     } else {
                         let sku = &skus[(n.wrapping_mul(7919).wrapping_add(c as u64) % skus.len() as u64) as usize];
-                        let addr = target(sku);
-                        routed_by = sku.clone();
                         let order = format!(
                             r#"{{"idempotency_key":"k{n}","user_id":"{run}-c{c}-{n}","items":[{{"sku":"{sku}","qty":1}}]}}"#
                         );
-                        Request::post(format!("http://{addr}/v1/orders"))
+                        let request = Request::post("/v1/orders")
                             .header(header::CONTENT_TYPE, "application/json")
-                            .body(Full::new(Bytes::from(order)))
+                            .body(Full::new(Bytes::from(order)));
+                        (target(sku), sku.clone(), request)
                     };
                     let t0 = Instant::now();
                     let ok = match request {
-                        Ok(r) => match tokio::time::timeout(Duration::from_secs(10), client.request(r)).await {
-                            Ok(Ok(resp)) => {
-                                let status = resp.status();
-                                let _ = resp.into_body().collect().await;
-                                status == StatusCode::OK || status == StatusCode::CREATED
+                        Ok(mut r) => {
+                            if let Ok(host) = header::HeaderValue::from_str(&addr) {
+                                r.headers_mut().insert(header::HOST, host);
                             }
-                            _ => false,
-                        },
+                            let answer =
+                                tokio::time::timeout(Duration::from_secs(10), send(&mut connections, &addr, r)).await;
+                            if answer.is_err() {
+                                // Timed out mid-exchange: the connection's state is unknown, so it goes.
+                                connections.retain(|c| c.addr != addr);
+                            }
+                            matches!(answer, Ok(Some(StatusCode::OK | StatusCode::CREATED)))
+                        }
                         Err(_) => false,
                     };
                     if ok {
@@ -329,7 +378,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "workload": args.workload.name(), "clients": args.clients, "duration_s": elapsed, "ok": ok,
                 "throughput_per_s": ok as f64 / elapsed, "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
                 "max_ms": hist.max() as f64 / 1000.0, "errors": errors, "longest_gap_ms": gap,
-                "longest_gap_ended_s": gap_at,
+                "longest_gap_ended_s": gap_at, "run": run,
             })
         )
     } else {

@@ -2,7 +2,8 @@
 //! machines themselves live in memory.
 //!
 //! **Durability contract** (openraft's, honoured exactly): a vote or an appended entry is reported saved only
-//! after the redb transaction holding it committed with `Durability::Immediate` (fsync).
+//! once it is on disk: a vote after the redb transaction holding it committed with `Durability::Immediate`
+//! (fsync), an appended entry after that or after the write-ahead record holding it was fsync'd (below).
 //!
 //! **State machines in memory.** A partition's state (its key-value rows and trading shard) is a [`GroupState`]
 //! in memory; its durable form is the group's latest snapshot plus the committed log entries after it. At start
@@ -16,8 +17,19 @@
 //! and votes; then it wakes every waiter. Committed indexes wait in memory and ride along with the next
 //! transaction (or one of their own, without an fsync, once the writer has been idle for [`IDLE_FLUSH`], and
 //! an fsync'd one when the store closes): a committed index lost in a crash only means a restart re-applies
-//! less and learns the rest from its leader. A failed commit fails every write in that batch (nothing of it is
-//! visible), and openraft stops the group rather than run on a log it cannot trust.
+//! less and learns the rest from its leader. A failed commit fails every write in that batch, and openraft stops
+//! the group rather than run on a log it cannot trust.
+//!
+//! **Write-ahead log.** A batch of nothing but appends (the hot path) commits to redb without an fsync, and one
+//! record of its entries, appended to raft-engine's log files and fsync'd, makes them durable: one sequential
+//! write where redb's durable commit writes a dozen scattered pages. Anything else in a batch (a vote, a
+//! truncation, a purge, a snapshot or node record) makes its commit durable, and so does a checkpoint (every
+//! [`CHECKPOINT_EVERY`] or [`CHECKPOINT_BYTES`] of records, when the writer is idle, and when the store closes).
+//! A durable commit holds every record written before it and stores the last one's number; its records then go.
+//! After a crash, redb opens as its last durable commit left it and the records after that one are replayed, in
+//! order, before anything else runs. As every write other than an append is a durable commit, the records after
+//! the last one are all appends, and replaying them rebuilds exactly what was acknowledged; a record missing
+//! among them is reported, never skipped.
 //!
 //! **Snapshots** live in files of their own (`snapshots/` beside the database), written and fsync'd outside the
 //! writer thread, so a partition's large snapshot never holds up every partition's commits; the database records
@@ -80,8 +92,22 @@ type Write = Box<dyn FnOnce(&WriteTransaction) -> io::Result<()> + Send>;
 /// What to do once a write's transaction committed (fsync'd) or failed; called on the writer thread.
 type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
-/// A write and what to do once it is on disk.
-type Job = (Write, Done);
+/// A log entry as stored: its index and its encoded bytes.
+type EncodedEntry = (u64, Vec<u8>);
+
+/// Log entries one append adds to a group.
+type Rows = Arc<Vec<EncodedEntry>>;
+
+/// One write-ahead record: the entries a batch appends, by group.
+type Record<'a> = [(GroupId, &'a [EncodedEntry])];
+
+/// A write, what to do once it is on disk, and, for an append, its group and entries: a batch of nothing but
+/// appends is made durable by one record in the write-ahead log (see the module's "Group commit").
+struct Job {
+    write: Write,
+    done: Done,
+    appends: Option<(GroupId, Rows)>,
+}
 
 /// The newest entries of a group's log, in memory: every entry handed to the writer and not yet committed
 /// (openraft reads an entry as soon as `append` returns, before it is durable), and the latest durable ones up to
@@ -244,13 +270,14 @@ impl Store {
         let snapshots = path.with_file_name("snapshots");
         std::fs::create_dir_all(&snapshots)?;
         migrate_state_rows(&db, &snapshots)?;
+        let wal = Wal::open(&path.with_file_name("wal"), &db)?;
         let (tx, rx) = std_mpsc::channel::<Job>();
         let writer_db = db.clone();
         let stats = Arc::new(StoreStats::default());
         let committed = PendingCommitted::default();
         let thread = std::thread::Builder::new().name("rampart-store-writer".into()).spawn({
             let (stats, committed) = (stats.clone(), committed.clone());
-            move || write_loop(&writer_db, &rx, &committed, &stats)
+            move || write_loop(&writer_db, &rx, &committed, &stats, wal)
         })?;
         let store = Store {
             db,
@@ -368,8 +395,12 @@ impl Store {
 
     /// Queues `write` for the next group commit; `done` runs once it committed or failed.
     fn submit(&self, write: Write, done: Done) -> io::Result<()> {
+        self.queue(Job { write, done, appends: None })
+    }
+
+    fn queue(&self, job: Job) -> io::Result<()> {
         let writer = self.writer.as_ref().ok_or_else(|| other("the storage writer has stopped"))?;
-        writer.send((write, done)).map_err(|_| other("the storage writer has stopped"))
+        writer.send(job).map_err(|_| other("the storage writer has stopped"))
     }
 
     fn read_meta<T: DeserializeOwned>(&self, group: GroupId, key: &str) -> io::Result<Option<T>> {
@@ -647,7 +678,156 @@ fn migrate_state_rows(db: &Database, dir: &Path) -> io::Result<()> {
 /// A durable commit this slow is logged (each one holds up every partition's appends on the node).
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCommitted, stats: &StoreStats) {
+/// How long appends may stay durable only in the write-ahead log before a checkpoint makes the database durable
+/// and lets the log's records go.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Bytes of write-ahead records after which a checkpoint is due whatever the time.
+const CHECKPOINT_BYTES: usize = 32 << 20;
+/// Where the node's meta rows record the last write-ahead record a durable commit of the database holds.
+const WAL_KEY: &str = "wal";
+
+/// The write-ahead log: raft-engine's append-only files, one record per batch of appends (see the module's
+/// "Group commit"). Records get consecutive sequence numbers; those after a checkpoint live in a raft-engine
+/// region of their own (numbered by the first of them), which the next checkpoint cleans in one command.
+struct Wal {
+    engine: raft_engine::Engine,
+    /// The last record's number (records up to it are written).
+    seq: u64,
+    /// The region this checkpoint's records go to.
+    region: u64,
+    /// Records and bytes written since the last checkpoint.
+    records: u64,
+    bytes: usize,
+    since: std::time::Instant,
+}
+
+impl Wal {
+    /// Opens the log in `dir`, replays into `db` every record a durable commit does not hold yet (in order, in
+    /// one durable commit that then holds them all) and cleans the log. A record missing between the last
+    /// checkpoint and a later record is corruption, reported, never skipped.
+    fn open(dir: &Path, db: &Database) -> io::Result<Wal> {
+        let cfg = raft_engine::Config {
+            dir: dir.to_string_lossy().into_owned(),
+            recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
+            recovery_threads: 1,
+            batch_compression_threshold: raft_engine::ReadableSize(0),
+            target_file_size: raft_engine::ReadableSize::mb(16),
+            purge_threshold: raft_engine::ReadableSize::mb(64),
+            ..Default::default()
+        };
+        let engine =
+            raft_engine::Engine::open(cfg).map_err(|e| other(format!("write-ahead log {}: {e}", dir.display())))?;
+        let checkpoint: u64 = {
+            let txn = db.begin_read().map_err(other)?;
+            let meta = txn.open_table(META).map_err(other)?;
+            match meta.get((SHAPE_GROUP, WAL_KEY)).map_err(other)? {
+                Some(v) => decode(v.value(), &|| "the write-ahead checkpoint".to_owned())?,
+                None => 0,
+            }
+        };
+        let regions = engine.raft_groups();
+        let mut records = BTreeMap::new();
+        for &region in &regions {
+            let mut bad = None;
+            engine
+                .scan_raw_messages(region, None, None, false, |k, v| {
+                    match <[u8; 8]>::try_from(k) {
+                        Ok(k) if u64::from_be_bytes(k) > checkpoint => {
+                            records.insert(u64::from_be_bytes(k), v.to_vec());
+                        }
+                        Ok(_) => {}
+                        Err(_) => bad = Some(k.len()),
+                    }
+                    true
+                })
+                .map_err(other)?;
+            if let Some(len) = bad {
+                return Err(invalid(format!("write-ahead log: a record key of {len} bytes in region {region}")));
+            }
+        }
+        let mut seq = checkpoint;
+        if !records.is_empty() {
+            let txn = db.begin_write().map_err(other)?;
+            for (n, record) in &records {
+                if *n != seq + 1 {
+                    return Err(invalid(format!(
+                        "write-ahead log: record {} is missing (after the checkpoint at {checkpoint}, record {n} is there)",
+                        seq + 1
+                    )));
+                }
+                let rows: Vec<(GroupId, Vec<EncodedEntry>)> = decode(record, &|| format!("write-ahead record {n}"))?;
+                for (group, rows) in rows {
+                    insert_entries(&txn, group, &rows)?;
+                }
+                seq = *n;
+            }
+            txn.open_table(META)
+                .map_err(other)?
+                .insert((SHAPE_GROUP, WAL_KEY), encode(&seq)?.as_slice())
+                .map_err(other)?;
+            txn.commit().map_err(other)?;
+            tracing::info!("replayed {} write-ahead records ({}..={seq})", records.len(), checkpoint + 1);
+        }
+        let wal = Wal { engine, seq, region: seq + 1, records: 0, bytes: 0, since: std::time::Instant::now() };
+        wal.clean(&regions)?;
+        Ok(wal)
+    }
+
+    /// Writes one record of appends and fsyncs it.
+    fn append(&mut self, appends: &Record<'_>) -> io::Result<()> {
+        let record = encode(&appends)?;
+        let n = self.seq + 1;
+        let mut batch = raft_engine::LogBatch::default();
+        self.bytes += record.len();
+        batch.put(self.region, n.to_be_bytes().to_vec(), record).map_err(other)?;
+        self.engine.write(&mut batch, true).map_err(|e| other(format!("write-ahead log: {e}")))?;
+        self.seq = n;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Whether records wait for a checkpoint, and whether one is due.
+    fn pending(&self) -> bool {
+        self.records > 0
+    }
+
+    fn due(&self) -> bool {
+        self.pending() && (self.bytes >= CHECKPOINT_BYTES || self.since.elapsed() >= CHECKPOINT_EVERY)
+    }
+
+    /// After a durable commit that holds every record so far: lets the records go (not fsync'd: records a crash
+    /// brings back are older than the checkpoint, and replay skips them) and starts a new region.
+    fn checkpointed(&mut self) -> io::Result<()> {
+        let used = [self.region];
+        self.region = self.seq + 1;
+        if self.records > 0 {
+            self.clean(&used)?;
+        }
+        (self.records, self.bytes, self.since) = (0, 0, std::time::Instant::now());
+        Ok(())
+    }
+
+    fn clean(&self, regions: &[u64]) -> io::Result<()> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let mut batch = raft_engine::LogBatch::default();
+        for &region in regions {
+            batch.add_command(region, raft_engine::Command::Clean);
+        }
+        self.engine.write(&mut batch, false).map_err(|e| other(format!("write-ahead log: {e}")))?;
+        self.engine.purge_expired_files().map_err(|e| other(format!("write-ahead log: {e}")))?;
+        Ok(())
+    }
+}
+
+fn write_loop(
+    db: &Database,
+    rx: &std_mpsc::Receiver<Job>,
+    committed: &PendingCommitted,
+    stats: &StoreStats,
+    mut wal: Wal,
+) {
     loop {
         let (batch, closing) = match rx.recv_timeout(IDLE_FLUSH) {
             Ok(first) => {
@@ -664,19 +844,27 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
             Err(std_mpsc::RecvTimeoutError::Disconnected) => (Vec::new(), true),
         };
         let pending = committed.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
-        if batch.is_empty() && pending.is_empty() {
+        // A checkpoint: when due, when the writer is idle, and when the store closes.
+        let checkpoint = wal.pending() && (wal.due() || batch.is_empty() || closing);
+        if batch.is_empty() && pending.is_empty() && !checkpoint {
             if closing {
                 return;
             }
             continue;
         }
-        // Only committed indexes, the writer idle: no fsync (unless the store is closing).
-        let durable = !batch.is_empty() || closing;
+        // Nothing but appends: the database commits without an fsync and one write-ahead record makes the
+        // appends durable. Anything else (a vote, a truncation, a purge, a snapshot record...) and a checkpoint
+        // make the database's commit durable, which then holds every record written before it.
+        let only_appends = !batch.is_empty() && batch.iter().all(|j| j.appends.is_some());
+        let durable = checkpoint || closing || (!batch.is_empty() && !only_appends);
+        let logged = only_appends && !durable;
         use std::sync::atomic::Ordering::Relaxed;
         stats.commits.fetch_add(1, Relaxed);
-        stats.durable_commits.fetch_add(u64::from(durable), Relaxed);
+        stats.durable_commits.fetch_add(u64::from(durable || logged), Relaxed);
         stats.writes.fetch_add((batch.len() + pending.len()) as u64, Relaxed);
-        let (writes, dones): (Vec<Write>, Vec<Done>) = batch.into_iter().unzip();
+        let appends: Vec<(GroupId, Rows)> =
+            if logged { batch.iter().filter_map(|j| j.appends.clone()).collect() } else { Vec::new() };
+        let (writes, dones): (Vec<Write>, Vec<Done>) = batch.into_iter().map(|j| (j.write, j.done)).unzip();
         let started = std::time::Instant::now();
         let mut written = started;
         let count = writes.len();
@@ -692,13 +880,25 @@ fn write_loop(db: &Database, rx: &std_mpsc::Receiver<Job>, committed: &PendingCo
             for (group, bytes) in &pending {
                 meta.insert((*group, "committed"), bytes.as_slice()).map_err(other)?;
             }
+            if durable {
+                meta.insert((SHAPE_GROUP, WAL_KEY), encode(&wal.seq)?.as_slice()).map_err(other)?;
+            }
             drop(meta);
             written = std::time::Instant::now();
-            txn.commit().map_err(other)
+            txn.commit().map_err(other)?;
+            if logged {
+                let record: Vec<(GroupId, &[EncodedEntry])> =
+                    appends.iter().map(|(g, rows)| (*g, rows.as_slice())).collect();
+                wal.append(&record)?;
+            }
+            if durable {
+                wal.checkpointed()?;
+            }
+            Ok::<(), io::Error>(())
         })();
         if let Err(e) = &result {
             tracing::error!("storage commit failed: {e}");
-        } else if durable {
+        } else if durable || logged {
             let took = started.elapsed();
             if let Ok(mut h) = stats.durable_commit_seconds.lock() {
                 h.record(took);
@@ -737,6 +937,14 @@ fn bounds(group: GroupId, range: impl RangeBounds<u64>) -> Option<((u32, u64), (
         Bound::Unbounded => u64::MAX,
     };
     (lo <= hi).then_some(((group, lo), (group, hi)))
+}
+
+fn insert_entries(txn: &WriteTransaction, group: GroupId, rows: &[EncodedEntry]) -> io::Result<()> {
+    let mut table = txn.open_table(LOGS).map_err(other)?;
+    for (i, bytes) in rows {
+        table.insert((group, *i), bytes.as_slice()).map_err(other)?;
+    }
+    Ok(())
 }
 
 fn delete_entries(txn: &WriteTransaction, group: GroupId, lo: u64, hi: u64) -> io::Result<()> {
@@ -894,12 +1102,10 @@ impl RaftLogStorage<C> for LogStore {
             }
         }
         let group = self.group;
-        let write: Write = Box::new(move |txn| {
-            let mut table = txn.open_table(LOGS).map_err(other)?;
-            for (i, bytes) in &rows {
-                table.insert((group, *i), bytes.as_slice()).map_err(other)?;
-            }
-            Ok(())
+        let rows: Rows = Arc::new(rows);
+        let write: Write = Box::new({
+            let rows = rows.clone();
+            move |txn| insert_entries(txn, group, &rows)
         });
         let tail = self.tail.clone();
         let done: Done = Box::new(move |result| {
@@ -909,10 +1115,11 @@ impl RaftLogStorage<C> for LogStore {
                     t.made_durable(&ids);
                 }
             }
-            // Reported only now: the transaction holding the entries has been fsynced (or failed).
+            // Reported only now: the entries are durable (their transaction or write-ahead record fsync'd), or
+            // failed.
             callback.io_completed(result);
         });
-        self.store.submit(write, done)
+        self.store.queue(Job { write, done, appends: Some((group, rows)) })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -1302,6 +1509,68 @@ mod tests {
         assert!(log.tail.lock().expect("tail").entries.is_empty());
         assert_eq!(values(log.try_get_log_entries(900..).await.expect("read")), all(900, 950, 901));
         assert_eq!(log.get_log_state().await.expect("state").last_log_id.map(|l| l.index()), Some(950));
+    }
+
+    /// Appends made durable only by the write-ahead log (the database's commit holding them not fsync'd) are back
+    /// after a crash that lost that commit: the database as its last durable commit left it, with the log as it
+    /// was written since, opens with every acknowledged entry. A record missing between the checkpoint and a later
+    /// record is reported, never skipped.
+    #[tokio::test]
+    async fn appends_durable_only_in_the_write_ahead_log_survive_the_loss_of_the_database_commit() {
+        use openraft::entry::RaftEntry;
+        use openraft::storage::IOFlushed;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let (live, crashed) = (dir.path().join("live"), dir.path().join("crashed"));
+        for d in [&live, &crashed] {
+            std::fs::create_dir_all(d).expect("dir");
+        }
+        let store = Store::open(&live.join("rampart.redb")).expect("open");
+        let mut log = store.log(7);
+        log.save_vote(&VoteOf::<C>::new(1, 1)).await.expect("vote");
+        // The vote's commit was durable and the writer is idle: the database file as a crash now would leave it.
+        std::fs::copy(live.join("rampart.redb"), crashed.join("rampart.redb")).expect("copy");
+        let entries: Vec<EntryOf<C>> = (1..=3)
+            .map(|i| {
+                let put = Op::Put { key: format!("k{i}"), value: format!("v{i}") };
+                EntryOf::<C>::new_normal(
+                    openraft::testing::log_id::<C>(1, 1, i),
+                    crate::types::Command { at_ms: i, ops: vec![put] },
+                )
+            })
+            .collect();
+        let (tx, rx) = <C as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+        rx.await.expect("flushed").expect("durable");
+        assert_eq!(store.stats.durable_commits.load(std::sync::atomic::Ordering::Relaxed), 2, "a vote, a record");
+        // The log as the crash leaves it (its record fsync'd before the append was acknowledged).
+        std::fs::create_dir_all(crashed.join("wal")).expect("dir");
+        for f in std::fs::read_dir(live.join("wal")).expect("wal") {
+            let f = f.expect("file");
+            std::fs::copy(f.path(), crashed.join("wal").join(f.file_name())).expect("copy");
+        }
+        drop(log);
+        drop(store);
+        let store = Store::open(&crashed.join("rampart.redb")).expect("reopen");
+        let mut log = store.log(7);
+        let back = log.try_get_log_entries(1..=3).await.expect("read");
+        assert_eq!(back.iter().map(|e| e.index()).collect::<Vec<_>>(), vec![1, 2, 3], "every acknowledged entry");
+        assert_eq!(log.read_vote().await.expect("vote"), Some(VoteOf::<C>::new(1, 1)));
+        drop(log);
+        drop(store);
+
+        // A log whose first record after the checkpoint is gone.
+        let gap = dir.path().join("gap");
+        std::fs::create_dir_all(gap.join("wal")).expect("dir");
+        {
+            let cfg = raft_engine::Config { dir: gap.join("wal").to_string_lossy().into_owned(), ..Default::default() };
+            let engine = raft_engine::Engine::open(cfg).expect("engine");
+            let mut batch = raft_engine::LogBatch::default();
+            batch.put(1, 2u64.to_be_bytes().to_vec(), seal(b"x")).expect("put");
+            engine.write(&mut batch, true).expect("write");
+        }
+        let e = Store::open(&gap.join("rampart.redb")).expect_err("a gap in the write-ahead log");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("record 1 is missing"), "{e}");
     }
 
     /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.

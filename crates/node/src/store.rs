@@ -20,9 +20,10 @@
 //! less and learns the rest from its leader. A failed commit fails every write in that batch, and openraft stops
 //! the group rather than run on a log it cannot trust.
 //!
-//! **Write-ahead log.** A batch of nothing but appends (the hot path) commits to redb without an fsync, and one
-//! record of its entries, appended to raft-engine's log files and fsync'd, makes them durable: one sequential
-//! write where redb's durable commit writes a dozen scattered pages. Anything else in a batch (a vote, a
+//! **Write-ahead log.** A batch of nothing but appends (the hot path) is made durable by one record of its
+//! entries, appended to raft-engine's log files and fsync'd: one sequential write where redb's durable commit
+//! writes a dozen scattered pages. redb takes those entries at its next durable commit, all of them in one
+//! transaction; until then the group's tail holds them for every read. Anything else in a batch (a vote, a
 //! truncation, a purge, a snapshot or node record) makes its commit durable, and so does a checkpoint (every
 //! [`CHECKPOINT_EVERY`] or [`CHECKPOINT_BYTES`] of records, when the writer is idle, and when the store closes).
 //! A durable commit holds every record written before it and stores the last one's number; its records then go.
@@ -106,11 +107,22 @@ type Record<'a> = [(GroupId, &'a [EncodedEntry])];
 struct Job {
     write: Write,
     done: Done,
-    appends: Option<(GroupId, Rows)>,
+    appends: Option<Appends>,
 }
 
-/// The newest entries of a group's log, in memory: every entry handed to the writer and not yet committed
-/// (openraft reads an entry as soon as `append` returns, before it is durable), and the latest durable ones up to
+/// What to do once the database holds an append's entries (a durable commit inserted them).
+type Stored = Box<dyn FnOnce() + Send>;
+
+/// An append's group and entries, and what to do once the database holds them.
+struct Appends {
+    group: GroupId,
+    rows: Rows,
+    stored: Stored,
+}
+
+/// The newest entries of a group's log, in memory: every entry handed to the writer and not yet in the database
+/// (openraft reads an entry as soon as `append` returns, before it is durable; a write-ahead record makes it
+/// durable before the database holds it), and the latest ones the database holds up to
 /// [`TAIL_ENTRIES_MAX`] entries and [`TAIL_BYTES_MAX`] encoded bytes. Replication and the state machine read the
 /// entries just appended; from here they read them without a database transaction or a decode.
 ///
@@ -828,6 +840,9 @@ fn write_loop(
     stats: &StoreStats,
     mut wal: Wal,
 ) {
+    // Appends their write-ahead records made durable, not yet in the database: the next durable commit inserts
+    // them, in order, before its own writes (until then their tails hold them for every read).
+    let mut deferred: Vec<Appends> = Vec::new();
     loop {
         let (batch, closing) = match rx.recv_timeout(IDLE_FLUSH) {
             Ok(first) => {
@@ -852,9 +867,9 @@ fn write_loop(
             }
             continue;
         }
-        // Nothing but appends: the database commits without an fsync and one write-ahead record makes the
-        // appends durable. Anything else (a vote, a truncation, a purge, a snapshot record...) and a checkpoint
-        // make the database's commit durable, which then holds every record written before it.
+        // Nothing but appends: one write-ahead record makes them durable, and the database takes them at the next
+        // durable commit. Anything else (a vote, a truncation, a purge, a snapshot record...) and a checkpoint make
+        // the database's commit durable, which then holds every record written before it.
         let only_appends = !batch.is_empty() && batch.iter().all(|j| j.appends.is_some());
         let durable = checkpoint || closing || (!batch.is_empty() && !only_appends);
         let logged = only_appends && !durable;
@@ -862,40 +877,72 @@ fn write_loop(
         stats.commits.fetch_add(1, Relaxed);
         stats.durable_commits.fetch_add(u64::from(durable || logged), Relaxed);
         stats.writes.fetch_add((batch.len() + pending.len()) as u64, Relaxed);
-        let appends: Vec<(GroupId, Rows)> =
-            if logged { batch.iter().filter_map(|j| j.appends.clone()).collect() } else { Vec::new() };
-        let (writes, dones): (Vec<Write>, Vec<Done>) = batch.into_iter().map(|j| (j.write, j.done)).unzip();
         let started = std::time::Instant::now();
         let mut written = started;
-        let count = writes.len();
-        let result = (|| {
-            let mut txn = db.begin_write().map_err(other)?;
-            if !durable {
-                txn.set_durability(Durability::None).map_err(other)?;
-            }
-            for w in writes {
-                w(&txn)?;
-            }
-            let mut meta = txn.open_table(META).map_err(other)?;
-            for (group, bytes) in &pending {
-                meta.insert((*group, "committed"), bytes.as_slice()).map_err(other)?;
-            }
-            if durable {
-                meta.insert((SHAPE_GROUP, WAL_KEY), encode(&wal.seq)?.as_slice()).map_err(other)?;
-            }
-            drop(meta);
-            written = std::time::Instant::now();
-            txn.commit().map_err(other)?;
-            if logged {
+        let count = batch.len();
+        let mut dones: Vec<Done> = Vec::with_capacity(count);
+        let result = if logged {
+            let result = (|| {
+                if !pending.is_empty() {
+                    let mut txn = db.begin_write().map_err(other)?;
+                    txn.set_durability(Durability::None).map_err(other)?;
+                    put_committed(&txn, &pending)?;
+                    txn.commit().map_err(other)?;
+                }
+                written = std::time::Instant::now();
                 let record: Vec<(GroupId, &[EncodedEntry])> =
-                    appends.iter().map(|(g, rows)| (*g, rows.as_slice())).collect();
-                wal.append(&record)?;
+                    batch.iter().filter_map(|j| j.appends.as_ref()).map(|a| (a.group, a.rows.as_slice())).collect();
+                wal.append(&record)
+            })();
+            for job in batch {
+                dones.push(job.done);
+                if let (Ok(()), Some(appends)) = (&result, job.appends) {
+                    deferred.push(appends);
+                }
             }
-            if durable {
-                wal.checkpointed()?;
+            result
+        } else {
+            let mut stored: Vec<Stored> = Vec::new();
+            let mut writes: Vec<Write> = Vec::with_capacity(count);
+            for job in batch {
+                writes.push(job.write);
+                dones.push(job.done);
+                stored.extend(job.appends.map(|a| a.stored));
             }
-            Ok::<(), io::Error>(())
-        })();
+            let result = (|| {
+                let mut txn = db.begin_write().map_err(other)?;
+                if !durable {
+                    txn.set_durability(Durability::None).map_err(other)?;
+                } else {
+                    for a in &deferred {
+                        insert_entries(&txn, a.group, &a.rows)?;
+                    }
+                }
+                for w in writes {
+                    w(&txn)?;
+                }
+                put_committed(&txn, &pending)?;
+                if durable {
+                    let mut meta = txn.open_table(META).map_err(other)?;
+                    meta.insert((SHAPE_GROUP, WAL_KEY), encode(&wal.seq)?.as_slice()).map_err(other)?;
+                }
+                written = std::time::Instant::now();
+                txn.commit().map_err(other)?;
+                if durable {
+                    wal.checkpointed()?;
+                }
+                Ok::<(), io::Error>(())
+            })();
+            if result.is_ok() && durable {
+                for a in deferred.drain(..) {
+                    (a.stored)();
+                }
+                for s in stored {
+                    s();
+                }
+            }
+            result
+        };
         if let Err(e) = &result {
             tracing::error!("storage commit failed: {e}");
         } else if durable || logged {
@@ -923,6 +970,15 @@ fn write_loop(
             return;
         }
     }
+}
+
+/// Writes each group's latest committed index.
+fn put_committed(txn: &WriteTransaction, pending: &BTreeMap<GroupId, Vec<u8>>) -> io::Result<()> {
+    let mut meta = txn.open_table(META).map_err(other)?;
+    for (group, bytes) in pending {
+        meta.insert((*group, "committed"), bytes.as_slice()).map_err(other)?;
+    }
+    Ok(())
 }
 
 fn bounds(group: GroupId, range: impl RangeBounds<u64>) -> Option<((u32, u64), (u32, u64))> {
@@ -1108,18 +1164,15 @@ impl RaftLogStorage<C> for LogStore {
             move |txn| insert_entries(txn, group, &rows)
         });
         let tail = self.tail.clone();
-        let done: Done = Box::new(move |result| {
-            if result.is_ok() {
-                // Readable from the database now: the tail may let them go.
-                if let Ok(mut t) = tail.lock() {
-                    t.made_durable(&ids);
-                }
+        let stored: Stored = Box::new(move || {
+            // Readable from the database now: the tail may let them go.
+            if let Ok(mut t) = tail.lock() {
+                t.made_durable(&ids);
             }
-            // Reported only now: the entries are durable (their transaction or write-ahead record fsync'd), or
-            // failed.
-            callback.io_completed(result);
         });
-        self.store.queue(Job { write, done, appends: Some((group, rows)) })
+        // Reported only once the entries are durable (their transaction or write-ahead record fsync'd), or failed.
+        let done: Done = Box::new(move |result| callback.io_completed(result));
+        self.store.queue(Job { write, done, appends: Some(Appends { group, rows, stored }) })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -1485,8 +1538,13 @@ mod tests {
         for from in (1..=1_000).step_by(100) {
             append(&mut log, (from..from + 100).map(|i| entry(1, i)).collect()).await;
         }
-        let tail_first = *log.tail.lock().expect("tail").entries.keys().next().expect("a tail");
-        assert!(tail_first > 700 && tail_first < 1_000, "the tail is bounded: it starts at {tail_first}");
+        let tail_first = |log: &LogStore| *log.tail.lock().expect("tail").entries.keys().next().expect("a tail");
+        // Durable in write-ahead records only: the tail holds every entry until the database does.
+        assert_eq!(tail_first(&log), 1);
+        // A durable commit (a vote) is a checkpoint: the database takes the entries, and the tail lets them go.
+        log.save_vote(&VoteOf::<C>::new(1, 1)).await.expect("vote");
+        let first = tail_first(&log);
+        assert!(first > 700 && first < 1_000, "the tail is bounded: it starts at {first}");
         let all = |lo: u64, hi: u64, term_from: u64| -> Vec<(u64, u64)> {
             (lo..=hi).map(|i| (if i >= term_from { 2 } else { 1 }, i)).collect()
         };

@@ -96,20 +96,18 @@ type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 /// A log entry as stored: its index and its encoded bytes.
 type EncodedEntry = (u64, Vec<u8>);
 
+/// Log entries one append adds to a group.
+type Rows = Arc<Vec<EncodedEntry>>;
+
 /// One write-ahead record: the entries a batch appends, by group.
 type Record<'a> = [(GroupId, &'a [EncodedEntry])];
 
-/// A write and what to do once it is on disk.
+/// A write, what to do once it is on disk, and, for an append, its group and entries: a batch of nothing but
+/// appends is made durable by one record in the write-ahead log (see the module's "Group commit").
 struct Job {
-    change: Change,
+    write: Write,
     done: Done,
-}
-
-/// What a job writes: entries a group appends (a batch of nothing but these is made durable by one record in the
-/// write-ahead log, see the module's "Write-ahead log"), or anything else.
-enum Change {
-    Append(Appends),
-    Other(Write),
+    appends: Option<Appends>,
 }
 
 /// What to do once the database holds an append's entries (a durable commit inserted them).
@@ -118,7 +116,7 @@ type Stored = Box<dyn FnOnce() + Send>;
 /// An append's group and entries, and what to do once the database holds them.
 struct Appends {
     group: GroupId,
-    rows: Vec<EncodedEntry>,
+    rows: Rows,
     stored: Stored,
 }
 
@@ -409,7 +407,7 @@ impl Store {
 
     /// Queues `write` for the next group commit; `done` runs once it committed or failed.
     fn submit(&self, write: Write, done: Done) -> io::Result<()> {
-        self.queue(Job { change: Change::Other(write), done })
+        self.queue(Job { write, done, appends: None })
     }
 
     fn queue(&self, job: Job) -> io::Result<()> {
@@ -701,7 +699,7 @@ const CHECKPOINT_BYTES: usize = 32 << 20;
 const WAL_KEY: &str = "wal";
 
 /// The write-ahead log: raft-engine's append-only files, one record per batch of appends (see the module's
-/// "Write-ahead log"). Records get consecutive sequence numbers; those after a checkpoint live in a raft-engine
+/// "Group commit"). Records get consecutive sequence numbers; those after a checkpoint live in a raft-engine
 /// region of their own (numbered by the first of them), which the next checkpoint cleans in one command.
 struct Wal {
     engine: raft_engine::Engine,
@@ -800,12 +798,11 @@ impl Wal {
         Ok(())
     }
 
-    /// Whether records wait for a checkpoint.
+    /// Whether records wait for a checkpoint, and whether one is due.
     fn pending(&self) -> bool {
         self.records > 0
     }
 
-    /// Whether a checkpoint is due whatever else happens.
     fn due(&self) -> bool {
         self.pending() && (self.bytes >= CHECKPOINT_BYTES || self.since.elapsed() >= CHECKPOINT_EVERY)
     }
@@ -873,7 +870,7 @@ fn write_loop(
         // Nothing but appends: one write-ahead record makes them durable, and the database takes them at the next
         // durable commit. Anything else (a vote, a truncation, a purge, a snapshot record...) and a checkpoint make
         // the database's commit durable, which then holds every record written before it.
-        let only_appends = !batch.is_empty() && batch.iter().all(|j| matches!(j.change, Change::Append(_)));
+        let only_appends = !batch.is_empty() && batch.iter().all(|j| j.appends.is_some());
         let durable = checkpoint || closing || (!batch.is_empty() && !only_appends);
         let logged = only_appends && !durable;
         use std::sync::atomic::Ordering::Relaxed;
@@ -893,28 +890,24 @@ fn write_loop(
                     txn.commit().map_err(other)?;
                 }
                 written = std::time::Instant::now();
-                let record: Vec<(GroupId, &[EncodedEntry])> = batch
-                    .iter()
-                    .filter_map(|j| match &j.change {
-                        Change::Append(a) => Some((a.group, a.rows.as_slice())),
-                        Change::Other(_) => None,
-                    })
-                    .collect();
+                let record: Vec<(GroupId, &[EncodedEntry])> =
+                    batch.iter().filter_map(|j| j.appends.as_ref()).map(|a| (a.group, a.rows.as_slice())).collect();
                 wal.append(&record)
             })();
             for job in batch {
                 dones.push(job.done);
-                if let (Ok(()), Change::Append(appends)) = (&result, job.change) {
+                if let (Ok(()), Some(appends)) = (&result, job.appends) {
                     deferred.push(appends);
                 }
             }
             result
         } else {
             let mut stored: Vec<Stored> = Vec::new();
-            let mut changes: Vec<Change> = Vec::with_capacity(count);
+            let mut writes: Vec<Write> = Vec::with_capacity(count);
             for job in batch {
-                changes.push(job.change);
+                writes.push(job.write);
                 dones.push(job.done);
+                stored.extend(job.appends.map(|a| a.stored));
             }
             let result = (|| {
                 let mut txn = db.begin_write().map_err(other)?;
@@ -925,14 +918,8 @@ fn write_loop(
                         insert_entries(&txn, a.group, &a.rows)?;
                     }
                 }
-                for change in changes {
-                    match change {
-                        Change::Append(a) => {
-                            insert_entries(&txn, a.group, &a.rows)?;
-                            stored.push(a.stored);
-                        }
-                        Change::Other(w) => w(&txn)?,
-                    }
+                for w in writes {
+                    w(&txn)?;
                 }
                 put_committed(&txn, &pending)?;
                 if durable {
@@ -1171,6 +1158,11 @@ impl RaftLogStorage<C> for LogStore {
             }
         }
         let group = self.group;
+        let rows: Rows = Arc::new(rows);
+        let write: Write = Box::new({
+            let rows = rows.clone();
+            move |txn| insert_entries(txn, group, &rows)
+        });
         let tail = self.tail.clone();
         let stored: Stored = Box::new(move || {
             // Readable from the database now: the tail may let them go.
@@ -1180,7 +1172,7 @@ impl RaftLogStorage<C> for LogStore {
         });
         // Reported only once the entries are durable (their transaction or write-ahead record fsync'd), or failed.
         let done: Done = Box::new(move |result| callback.io_completed(result));
-        self.store.queue(Job { change: Change::Append(Appends { group, rows, stored }), done })
+        self.store.queue(Job { write, done, appends: Some(Appends { group, rows, stored }) })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {

@@ -103,7 +103,7 @@ type Rows = Arc<Vec<EncodedEntry>>;
 type Record<'a> = [(GroupId, &'a [EncodedEntry])];
 
 /// A write, what to do once it is on disk, and, for an append, its group and entries: a batch of nothing but
-/// appends is made durable by one record in the write-ahead log (see the module's "Group commit").
+/// appends is made durable by one record in the write-ahead log (see the module's "Write-ahead log").
 struct Job {
     write: Write,
     done: Done,
@@ -699,7 +699,7 @@ const CHECKPOINT_BYTES: usize = 32 << 20;
 const WAL_KEY: &str = "wal";
 
 /// The write-ahead log: raft-engine's append-only files, one record per batch of appends (see the module's
-/// "Group commit"). Records get consecutive sequence numbers; those after a checkpoint live in a raft-engine
+/// "Write-ahead log"). Records get consecutive sequence numbers; those after a checkpoint live in a raft-engine
 /// region of their own (numbered by the first of them), which the next checkpoint cleans in one command.
 struct Wal {
     engine: raft_engine::Engine,
@@ -798,11 +798,12 @@ impl Wal {
         Ok(())
     }
 
-    /// Whether records wait for a checkpoint, and whether one is due.
+    /// Whether records wait for a checkpoint.
     fn pending(&self) -> bool {
         self.records > 0
     }
 
+    /// Whether a checkpoint is due whatever else happens.
     fn due(&self) -> bool {
         self.pending() && (self.bytes >= CHECKPOINT_BYTES || self.since.elapsed() >= CHECKPOINT_EVERY)
     }

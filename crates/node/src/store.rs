@@ -723,8 +723,15 @@ impl Wal {
             recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
             recovery_threads: 1,
             batch_compression_threshold: raft_engine::ReadableSize(0),
-            target_file_size: raft_engine::ReadableSize::mb(16),
-            purge_threshold: raft_engine::ReadableSize::mb(64),
+            // Small files that are recycled, and three of them written out when the log is created: a record
+            // then overwrites blocks the file system already holds, so its fsync flushes the data alone, where
+            // an append to a fresh or preallocated file also writes the file's metadata (its size or extents
+            // changed). The database holds everything older than 2 s, so a few files suffice.
+            target_file_size: raft_engine::ReadableSize::mb(4),
+            purge_threshold: raft_engine::ReadableSize::mb(32),
+            enable_log_recycle: true,
+            prefill_for_recycle: true,
+            prefill_limit: Some(raft_engine::ReadableSize::mb(8)),
             ..Default::default()
         };
         let engine =

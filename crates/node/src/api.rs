@@ -292,7 +292,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let (snapshot_chunks, snapshots) = node.snapshots_in.lock().map(|a| (a.chunks, a.completed)).unwrap_or_default();
     let counters = [
         ("rampart_store_commits_total", "storage transactions committed", stats.commits.load(Relaxed)),
-        ("rampart_store_durable_commits_total", "of which fsync'd", stats.durable_commits.load(Relaxed)),
+        (
+            "rampart_store_durable_commits_total",
+            "of which fsync'd (checkpoints included)",
+            stats.durable_commits.load(Relaxed),
+        ),
+        (
+            "rampart_store_wal_records_total",
+            "batches of appends made durable by a write-ahead record",
+            stats.wal_records.load(Relaxed),
+        ),
         ("rampart_store_writes_total", "writes those transactions carried", stats.writes.load(Relaxed)),
         ("rampart_proposed_entries_total", "Raft entries proposed by this node", node.proposed.entries.load(Relaxed)),
         ("rampart_proposed_ops_total", "client operations those entries carried", node.proposed.ops.load(Relaxed)),
@@ -308,11 +317,23 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }
-    if let Ok(h) = stats.durable_commit_seconds.lock() {
-        let name = "rampart_store_durable_commit_duration_seconds";
-        let _ = writeln!(out, "# HELP {name} durable storage commits, from the transaction's start to its fsync's end");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        h.render(&mut out, name, "");
+    let histograms = [
+        (
+            "rampart_store_durable_commit_duration_seconds",
+            "durable storage commits (checkpoints included), from the transaction's start to its fsync's end",
+            &stats.durable_commit_seconds,
+        ),
+        (
+            "rampart_store_wal_record_duration_seconds",
+            "write-ahead records, from the batch's start to its fsync's end",
+            &stats.wal_record_seconds,
+        ),
+    ];
+    for (name, help, histogram) in histograms {
+        if let Ok(h) = histogram.lock() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            h.render(&mut out, name, "");
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -731,9 +731,10 @@ impl Wal {
             // Small files that are recycled, and three of them written out when the log is created: a record
             // then overwrites blocks the file system already holds, so its fsync flushes the data alone, where
             // an append to a fresh or preallocated file also writes the file's metadata (its size or extents
-            // changed). The database holds everything older than 2 s, so a few files suffice.
+            // changed). raft-engine lets files go only once they total more than `purge_threshold`; a checkpoint
+            // cleans every record before it purges, so nothing live is ever rewritten and a few files suffice.
             target_file_size: raft_engine::ReadableSize::mb(4),
-            purge_threshold: raft_engine::ReadableSize::mb(32),
+            purge_threshold: raft_engine::ReadableSize::mb(8),
             enable_log_recycle: true,
             prefill_for_recycle: true,
             prefill_limit: Some(raft_engine::ReadableSize::mb(8)),
@@ -1646,6 +1647,49 @@ mod tests {
         let e = Store::open(&gap.join("rampart.redb")).expect_err("a gap in the write-ahead log");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains("record 1 is missing"), "{e}");
+    }
+
+    /// The write-ahead log's files are recycled once their records are checkpointed: 40 MiB of records leave the
+    /// log's directory no larger than its live file and the few it keeps for reuse, written out in advance so
+    /// that a record overwrites blocks rather than growing a file.
+    #[tokio::test]
+    async fn the_write_ahead_files_are_reused_not_accumulated() {
+        use openraft::storage::IOFlushed;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = Store::open(&dir.path().join("rampart.redb")).expect("open");
+        let wal = dir.path().join("wal");
+        let size = || -> u64 {
+            std::fs::read_dir(&wal).expect("wal").map(|f| f.expect("file").metadata().expect("metadata").len()).sum()
+        };
+        let reserved = std::fs::read_dir(&wal)
+            .expect("wal")
+            .filter(|f| f.as_ref().expect("file").file_name().to_string_lossy().ends_with(".reserved"))
+            .count();
+        assert_eq!(reserved, 3, "files written out for reuse when the log is created");
+        let mut log = store.log(7);
+        for round in 0..40u64 {
+            // About 1 MiB of appends: one write-ahead record.
+            let entries: Vec<EntryOf<C>> = (1..=100)
+                .map(|i| {
+                    let index = round * 100 + i;
+                    let put = Op::Put { key: format!("k{index}"), value: "x".repeat(10_000) };
+                    EntryOf::<C>::new_normal(
+                        openraft::testing::log_id::<C>(1, 1, index),
+                        crate::types::Command { at_ms: index, ops: vec![put] },
+                    )
+                })
+                .collect();
+            let (tx, rx) = <C as openraft::type_config::TypeConfigExt>::oneshot();
+            log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+            rx.await.expect("flushed").expect("durable");
+            // A vote is a durable commit of the database: a checkpoint, after which the record is let go.
+            log.save_vote(&VoteOf::<C>::new(round + 1, 1)).await.expect("vote");
+        }
+        let counted = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(counted(&store.stats.wal_records), 40, "each batch of appends was one write-ahead record");
+        assert!(size() <= 24 << 20, "the log's files after 40 MiB of records: {} bytes", size());
+        let last = log.get_log_state().await.expect("state").last_log_id.map(|l| l.index);
+        assert_eq!(last, Some(4_000), "every entry is still there");
     }
 
     /// A data directory of the former layout (state as rows) opens with its state intact, now in a snapshot.

@@ -1456,6 +1456,16 @@ impl RaftStateMachine<C> for StateMachine {
 mod tests {
     use super::*;
 
+    /// Entry `index` of `term`, putting `value` under `k{index}`.
+    fn put_entry(term: u64, index: u64, value: String) -> EntryOf<C> {
+        use openraft::entry::RaftEntry;
+        let put = Op::Put { key: format!("k{index}"), value };
+        EntryOf::<C>::new_normal(
+            openraft::testing::log_id::<C>(term, 1, index),
+            crate::types::Command { at_ms: index, ops: vec![put] },
+        )
+    }
+
     /// A snapshot encoded from a view of a state decodes as the stored form, row for row, and shows the state as
     /// it was when the view was taken, whatever was applied after.
     #[test]
@@ -1532,14 +1542,7 @@ mod tests {
         use openraft::storage::IOFlushed;
         let dir = tempfile::TempDir::new().expect("temp dir");
         let path = dir.path().join("rampart.redb");
-        let entry = |term: u64, i: u64| {
-            let value = format!("{term}-{i}-{}", "x".repeat(5_000));
-            let put = Op::Put { key: format!("k{i}"), value };
-            EntryOf::<C>::new_normal(
-                openraft::testing::log_id::<C>(term, 1, i),
-                crate::types::Command { at_ms: i, ops: vec![put] },
-            )
-        };
+        let entry = |term: u64, i: u64| put_entry(term, i, format!("{term}-{i}-{}", "x".repeat(5_000)));
         async fn append(log: &mut LogStore, entries: Vec<EntryOf<C>>) {
             let (tx, rx) = <C as openraft::type_config::TypeConfigExt>::oneshot();
             log.append(entries, IOFlushed::signal(tx)).await.expect("append");
@@ -1603,15 +1606,7 @@ mod tests {
         log.save_vote(&VoteOf::<C>::new(1, 1)).await.expect("vote");
         // The vote's commit was durable and the writer is idle: the database file as a crash now would leave it.
         std::fs::copy(live.join("rampart.redb"), crashed.join("rampart.redb")).expect("copy");
-        let entries: Vec<EntryOf<C>> = (1..=3)
-            .map(|i| {
-                let put = Op::Put { key: format!("k{i}"), value: format!("v{i}") };
-                EntryOf::<C>::new_normal(
-                    openraft::testing::log_id::<C>(1, 1, i),
-                    crate::types::Command { at_ms: i, ops: vec![put] },
-                )
-            })
-            .collect();
+        let entries: Vec<EntryOf<C>> = (1..=3).map(|i| put_entry(1, i, format!("v{i}"))).collect();
         let (tx, rx) = <C as openraft::type_config::TypeConfigExt>::oneshot();
         log.append(entries, IOFlushed::signal(tx)).await.expect("append");
         rx.await.expect("flushed").expect("durable");
@@ -1669,16 +1664,8 @@ mod tests {
         let mut log = store.log(7);
         for round in 0..40u64 {
             // About 1 MiB of appends: one write-ahead record.
-            let entries: Vec<EntryOf<C>> = (1..=100)
-                .map(|i| {
-                    let index = round * 100 + i;
-                    let put = Op::Put { key: format!("k{index}"), value: "x".repeat(10_000) };
-                    EntryOf::<C>::new_normal(
-                        openraft::testing::log_id::<C>(1, 1, index),
-                        crate::types::Command { at_ms: index, ops: vec![put] },
-                    )
-                })
-                .collect();
+            let entries: Vec<EntryOf<C>> =
+                (1..=100).map(|i| put_entry(1, round * 100 + i, "x".repeat(10_000))).collect();
             let (tx, rx) = <C as openraft::type_config::TypeConfigExt>::oneshot();
             log.append(entries, IOFlushed::signal(tx)).await.expect("append");
             rx.await.expect("flushed").expect("durable");

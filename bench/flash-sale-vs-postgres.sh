@@ -2,6 +2,9 @@
 # Durable hot-SKU flash sale: Rampart (3 nodes, 3 replicas, loopback) beside PostgreSQL (one node, default durable
 # settings, pgbench: conditional UPDATE ... WHERE stock >= 1 plus an order INSERT in one transaction), one run.
 # usage: bench/flash-sale-vs-postgres.sh [SECONDS] [CLIENTS...]     e.g. bench/flash-sale-vs-postgres.sh 10 1 8 64
+#   Each round ends with the ratio: Rampart's orders/s at the last client count given over PostgreSQL's best.
+#   ROUNDS=N runs N rounds (PostgreSQL, then a fresh Rampart cluster, each time) and ends with the ratios' median:
+#   this machine's speed moves between runs, and both peers with it.
 #   REPLICAS=1 runs Rampart with one replica per partition (no replication: the ceiling replication is measured
 #   against, not a configuration to deploy).
 # Needs root for PostgreSQL (the shared peer script installs Debian's postgresql when missing).
@@ -19,9 +22,26 @@ pids=()
 cleanup() { stop_rampart; rm -rf "$dir"; }
 trap cleanup EXIT
 
-"$peers/postgres-flash-sale.sh" hot "$secs" "${clients[@]}"
-
-start_rampart --replicas "${REPLICAS:-3}"
-for c in "${clients[@]}"; do
-  "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --workload flash-sale --clients "$c" --duration-s "$secs" 2>/dev/null
+rounds=${ROUNDS:-1}
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS is a whole number of rounds, at least 1, not '$rounds'" >&2; exit 2; }
+ratios=()
+for r in $(seq "$rounds"); do
+  "$peers/postgres-flash-sale.sh" hot "$secs" "${clients[@]}" | tee "$dir/postgres.out"
+  start_rampart --replicas "${REPLICAS:-3}"
+  for c in "${clients[@]}"; do
+    "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --workload flash-sale --clients "$c" \
+      --duration-s "$secs" 2>/dev/null | tee "$dir/rampart.out"
+  done
+  stop_rampart
+  rm -rf "$dir"/n[123] "$dir"/n[123].log
+  best=$(sed -nE 's/.* tps=([0-9.]+) .*/\1/p' "$dir/postgres.out" | sort -g | tail -1)
+  ours=$(sed -nE 's/.* = ([0-9]+)\/s .*/\1/p' "$dir/rampart.out")
+  ratio=$(awk -v a="$ours" -v b="$best" 'BEGIN { printf "%.2f", a / b }')
+  ratios+=("$ratio")
+  echo "round $r: Rampart at ${clients[-1]} clients $ours orders/s, PostgreSQL's best $best tps: ${ratio}x"
 done
+if [ "$rounds" -gt 1 ]; then
+  sorted=$(printf '%s\n' "${ratios[@]}" | sort -g | tr '\n' ' ')
+  median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  echo "ratio over $rounds rounds: ${sorted}(median ${median}x)"
+fi

@@ -299,7 +299,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         ),
         (
             "rampart_store_wal_records_total",
-            "batches of appends made durable by a write-ahead record",
+            "batches of appends written as a write-ahead record",
             stats.wal_records.load(Relaxed),
         ),
         ("rampart_store_writes_total", "writes those transactions carried", stats.writes.load(Relaxed)),

@@ -421,12 +421,7 @@ impl Store {
     }
 
     fn read_meta<T: DeserializeOwned>(&self, group: GroupId, key: &str) -> io::Result<Option<T>> {
-        let txn = self.db.begin_read().map_err(other)?;
-        let table = txn.open_table(META).map_err(other)?;
-        match table.get((group, key)).map_err(other)? {
-            Some(v) => decode(v.value(), &|| format!("group {group} {key}")).map(Some),
-            None => Ok(None),
-        }
+        read_meta(&self.db, group, key)
     }
 
     /// The log store of one partition group.
@@ -692,6 +687,16 @@ fn migrate_state_rows(db: &Database, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A group's meta row `key`, decoded.
+fn read_meta<T: DeserializeOwned>(db: &Database, group: GroupId, key: &str) -> io::Result<Option<T>> {
+    let txn = db.begin_read().map_err(other)?;
+    let table = txn.open_table(META).map_err(other)?;
+    match table.get((group, key)).map_err(other)? {
+        Some(v) => decode(v.value(), &|| format!("group {group} {key}")).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// A durable commit this slow is logged (each one holds up every partition's appends on the node).
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -742,14 +747,7 @@ impl Wal {
         };
         let engine =
             raft_engine::Engine::open(cfg).map_err(|e| other(format!("write-ahead log {}: {e}", dir.display())))?;
-        let checkpoint: u64 = {
-            let txn = db.begin_read().map_err(other)?;
-            let meta = txn.open_table(META).map_err(other)?;
-            match meta.get((SHAPE_GROUP, WAL_KEY)).map_err(other)? {
-                Some(v) => decode(v.value(), &|| "the write-ahead checkpoint".to_owned())?,
-                None => 0,
-            }
-        };
+        let checkpoint: u64 = read_meta(db, SHAPE_GROUP, WAL_KEY)?.unwrap_or(0);
         let regions = engine.raft_groups();
         let mut records = BTreeMap::new();
         for &region in &regions {
@@ -786,10 +784,7 @@ impl Wal {
                 }
                 seq = *n;
             }
-            txn.open_table(META)
-                .map_err(other)?
-                .insert((SHAPE_GROUP, WAL_KEY), encode(&seq)?.as_slice())
-                .map_err(other)?;
+            put_wal_mark(&txn, seq)?;
             txn.commit().map_err(other)?;
             tracing::info!("replayed {} write-ahead records ({}..={seq})", records.len(), checkpoint + 1);
         }
@@ -938,8 +933,7 @@ fn write_loop(
                 }
                 put_committed(&txn, &pending)?;
                 if durable {
-                    let mut meta = txn.open_table(META).map_err(other)?;
-                    meta.insert((SHAPE_GROUP, WAL_KEY), encode(&wal.seq)?.as_slice()).map_err(other)?;
+                    put_wal_mark(&txn, wal.seq)?;
                 }
                 written = std::time::Instant::now();
                 txn.commit().map_err(other)?;
@@ -986,6 +980,12 @@ fn write_loop(
             return;
         }
     }
+}
+
+/// Records that the database holds every write-ahead record up to `seq`.
+fn put_wal_mark(txn: &WriteTransaction, seq: u64) -> io::Result<()> {
+    txn.open_table(META).map_err(other)?.insert((SHAPE_GROUP, WAL_KEY), encode(&seq)?.as_slice()).map_err(other)?;
+    Ok(())
 }
 
 /// Writes each group's latest committed index.
@@ -1456,6 +1456,15 @@ impl RaftStateMachine<C> for StateMachine {
 mod tests {
     use super::*;
 
+    /// Copies every file of `from` into `to` (created), as a crash would leave them.
+    fn copy_files(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("dir");
+        for f in std::fs::read_dir(from).expect("dir") {
+            let f = f.expect("file");
+            std::fs::copy(f.path(), to.join(f.file_name())).expect("copy");
+        }
+    }
+
     /// Entry `index` of `term`, putting `value` under `k{index}`.
     fn put_entry(term: u64, index: u64, value: String) -> EntryOf<C> {
         use openraft::entry::RaftEntry;
@@ -1614,11 +1623,7 @@ mod tests {
         assert_eq!(counted(&store.stats.durable_commits), 1, "the vote's commit");
         assert_eq!(counted(&store.stats.wal_records), 1, "the appends went to the write-ahead log alone");
         // The log as the crash leaves it (its record fsync'd before the append was acknowledged).
-        std::fs::create_dir_all(crashed.join("wal")).expect("dir");
-        for f in std::fs::read_dir(live.join("wal")).expect("wal") {
-            let f = f.expect("file");
-            std::fs::copy(f.path(), crashed.join("wal").join(f.file_name())).expect("copy");
-        }
+        copy_files(&live.join("wal"), &crashed.join("wal"));
         drop(log);
         drop(store);
         let store = Store::open(&crashed.join("rampart.redb")).expect("reopen");
@@ -1680,12 +1685,8 @@ mod tests {
         // Killed now (its files copied as they are), it opens with every entry, and its files are numbered without
         // a gap (raft-engine skips any file below a gap at open, and leaves it on disk).
         let crashed = dir.path().join("crashed");
-        std::fs::create_dir_all(crashed.join("wal")).expect("dir");
+        copy_files(&wal, &crashed.join("wal"));
         std::fs::copy(dir.path().join("rampart.redb"), crashed.join("rampart.redb")).expect("copy");
-        for f in std::fs::read_dir(&wal).expect("wal") {
-            let f = f.expect("file");
-            std::fs::copy(f.path(), crashed.join("wal").join(f.file_name())).expect("copy");
-        }
         let numbers = |dir: &Path| -> Vec<u64> {
             let mut seqs: Vec<u64> = std::fs::read_dir(dir)
                 .expect("wal")

@@ -3,7 +3,9 @@
 # usage: bench/kv-vs-etcd.sh [SECONDS] [CLIENTS...]     e.g. bench/kv-vs-etcd.sh 10 1 16 64
 #   ORDER=rampart-first runs Rampart before etcd (etcd first by default): alternate the two to see what the order
 #   of the runs does on a noisy machine. REPLICAS=1 runs Rampart with one replica per partition (no replication:
-#   the ceiling replication is measured against, not a configuration to deploy).
+#   the ceiling replication is measured against, not a configuration to deploy). PARTITIONS="1 4 16 64" measures a
+#   fresh Rampart cluster created with each of these partition counts in turn (64 alone by default), each after a
+#   line naming it, so that one run sets etcd beside them all.
 # Needs the shared peer scripts (../shared/peers): etcd-server from Debian's packages and the peer load generator
 # (built here into /tmp/peer-loadgen; it needs protoc). 256-byte values, 100000 keys, each client sequential.
 set -euo pipefail
@@ -31,12 +33,17 @@ run_etcd() {
   "$peers/etcd-cluster.sh" stop "$etcd_dir"
 }
 run_rampart() {
-  start_rampart --replicas "${REPLICAS:-3}"
-  for c in "${clients[@]}"; do
-    "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --clients "$c" --duration-s "$secs" \
-      --keys 100000 --value-bytes 256 2>/dev/null
+  local p
+  for p in ${PARTITIONS:-64}; do
+    echo "rampart partitions=$p replicas=${REPLICAS:-3}"
+    rm -rf "${dir:?}"/n*
+    start_rampart --replicas "${REPLICAS:-3}" --partitions "$p"
+    for c in "${clients[@]}"; do
+      "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --clients "$c" --duration-s "$secs" \
+        --keys 100000 --value-bytes 256 2>/dev/null
+    done
+    stop_rampart
   done
-  stop_rampart
 }
 case "${ORDER:-etcd-first}" in
   etcd-first) run_etcd; run_rampart ;;

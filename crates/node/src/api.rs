@@ -309,6 +309,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         ("rampart_snapshots_received_total", "snapshots received whole from leaders", snapshots),
         ("rampart_peer_requests_refused_total", "peer RPC refused: no cluster token", node.peer_refused.load(Relaxed)),
         (
+            "rampart_raft_appends_received_total",
+            "Raft appends from leaders handed to groups",
+            node.appends_in.load(Relaxed),
+        ),
+        (
+            "rampart_raft_empty_appends_received_total",
+            "of which carried no entries (heartbeats, commit notices)",
+            node.empty_appends_in.load(Relaxed),
+        ),
+        (
             "rampart_membership_packets_dropped_total",
             "membership packets dropped: not tagged with the cluster's key",
             node.membership.untagged_dropped(),

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::io::{self, Cursor};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -52,6 +53,12 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 const APPEND_TTL_MIN: Duration = Duration::from_secs(1);
 /// A group's appends to one follower that may be unanswered at once (see [`GroupLink::stream_append`]).
 const APPEND_PIPELINE: usize = 8;
+/// How long a commit notice (an append with no entries, raised when the commit moves) waits for the append after
+/// it, which carries the same commit or a later one and so supersedes it ([`pipelined_appends`]). A partition's
+/// leader proposes its next entry once the one before is applied, a fraction of a millisecond after the commit:
+/// without the wait every entry cost each follower two messages. A follower learns a commit at most this much
+/// later (nothing waits for that: the leader answers clients, and a new leader commits again before it serves).
+const NOTICE_LINGER: Duration = Duration::from_millis(2);
 /// Batches of Raft messages in flight to one peer. Messages raised while they are out wait and leave together in
 /// the next batch: the more load, the larger the batches, and the fewer requests per message. Two, so that an
 /// append does not wait behind a batch of commit notices or heartbeats that is out (BENCHMARKS.md, "Pipelined
@@ -748,20 +755,41 @@ where
 {
     let mut inflight = FuturesOrdered::new();
     let (mut input_done, mut stopped) = (false, false);
+    // A commit notice held back, and until when.
+    let mut held: Option<(AppendEntriesRequest<C>, Pin<Box<tokio::time::Sleep>>)> = None;
     Box::pin(futures_util::stream::poll_fn(move |cx| {
         if stopped {
             return Poll::Ready(None);
         }
+        let send = |rpc: AppendEntriesRequest<C>| {
+            let prev = rpc.prev_log_id;
+            let last = rpc.entries.last().map(|e| e.log_id).or(prev);
+            let answer = link.peers.raft_send(link.target, link.group, RaftOp::Append, &rpc, timeout);
+            answer.map(move |a: io::Result<AppendEntriesResponse<C>>| (a, prev, last))
+        };
         while !input_done && inflight.len() < APPEND_PIPELINE {
             match input.poll_next_unpin(cx) {
+                // A request with no entries only moves the follower's commit: held back, it is superseded by the
+                // next request (which carries the same commit or a later one) if that comes within the linger.
+                Poll::Ready(Some(rpc)) if rpc.entries.is_empty() => {
+                    // The first notice held sets the deadline; a later one replaces it, not the deadline.
+                    let until =
+                        held.take().map_or_else(|| Box::pin(tokio::time::sleep(NOTICE_LINGER)), |(_, until)| until);
+                    held = Some((rpc, until));
+                }
                 Poll::Ready(Some(rpc)) => {
-                    let prev = rpc.prev_log_id;
-                    let last = rpc.entries.last().map(|e| e.log_id).or(prev);
-                    let answer = link.peers.raft_send(link.target, link.group, RaftOp::Append, &rpc, timeout);
-                    inflight.push_back(answer.map(move |a: io::Result<AppendEntriesResponse<C>>| (a, prev, last)));
+                    held = None;
+                    inflight.push_back(send(rpc));
                 }
                 Poll::Ready(None) => input_done = true,
                 Poll::Pending => break,
+            }
+        }
+        if let Some((_, until)) = &mut held {
+            if (input_done || until.as_mut().poll(cx).is_ready()) && inflight.len() < APPEND_PIPELINE {
+                if let Some((rpc, _)) = held.take() {
+                    inflight.push_back(send(rpc));
+                }
             }
         }
         match inflight.poll_next_unpin(cx) {
@@ -782,7 +810,7 @@ where
                 };
                 Poll::Ready(Some(item))
             }
-            Poll::Ready(None) if input_done => Poll::Ready(None),
+            Poll::Ready(None) if input_done && held.is_none() => Poll::Ready(None),
             _ => Poll::Pending,
         }
     }))
@@ -796,24 +824,19 @@ mod tests {
 
     use super::*;
 
-    /// A peer that answers each message of a batch with its body (a number) plus one, slowly, counting requests.
-    async fn peer(requests: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    /// A peer that answers each `/raft/batch` request, after `delay`, with what `answer` makes of its messages.
+    async fn batch_peer<F>(delay: Duration, answer: F) -> std::net::SocketAddr
+    where
+        F: Fn(Vec<Envelope>) -> Vec<Reply> + Clone + Send + Sync + 'static,
+    {
         let app = axum::Router::new().route(
             "/raft/batch",
             post(move |body: Bytes| {
-                let requests = requests.clone();
+                let answer = answer.clone();
                 async move {
-                    requests.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(delay).await;
                     let batch: Vec<Envelope> = postcard::from_bytes(&body).expect("a batch");
-                    let replies: Vec<Reply> = batch
-                        .iter()
-                        .map(|m| {
-                            let n: u32 = postcard::from_bytes(&m.body).map_err(|e| e.to_string())?;
-                            Ok(Bytes::from(postcard::to_allocvec(&(n + 1)).map_err(|e| e.to_string())?))
-                        })
-                        .collect();
-                    postcard::to_allocvec(&replies).expect("encode")
+                    postcard::to_allocvec(&answer(batch)).expect("encode")
                 }
             }),
         );
@@ -821,6 +844,19 @@ mod tests {
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
+    }
+
+    /// A peer that answers each message of a batch with its body (a number) plus one, slowly, counting requests.
+    async fn peer(requests: Arc<AtomicUsize>) -> std::net::SocketAddr {
+        batch_peer(Duration::from_millis(5), move |batch| {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let reply = |m: &Envelope| {
+                let n: u32 = postcard::from_bytes(&m.body).map_err(|e| e.to_string())?;
+                Ok(Bytes::from(postcard::to_allocvec(&(n + 1)).map_err(|e| e.to_string())?))
+            };
+            batch.iter().map(reply).collect()
+        })
+        .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1006,5 +1042,74 @@ mod tests {
         let answering = peer(Arc::default()).await;
         let answered = Peers::call_addr::<u8, u8>(answering, "/nowhere", &1, Duration::from_secs(2), None).await;
         assert!(matches!(answered, Err(CallError::Status(_, StatusCode::NOT_FOUND))), "{answered:?}");
+    }
+
+    /// What a follower stand-in received: per append, its entries and the commit it carried.
+    type Received = Arc<Mutex<Vec<(usize, Option<u64>)>>>;
+
+    /// A follower stand-in that takes every append and records it.
+    async fn follower(received: Received) -> std::net::SocketAddr {
+        batch_peer(Duration::ZERO, move |batch| {
+            let reply = |m: &Envelope| {
+                let rpc: AppendEntriesRequest<C> = postcard::from_bytes(&m.body).expect("an append");
+                received.lock().expect("lock").push((rpc.entries.len(), rpc.leader_commit.map(|c| c.index)));
+                Ok(Bytes::from(postcard::to_allocvec(&AppendEntriesResponse::<C>::Success).expect("encode")))
+            };
+            batch.iter().map(reply).collect()
+        })
+        .await
+    }
+
+    /// An append after entry `prev` carrying entries `prev + 1 ..= last` (none if `last == prev`) and `commit`.
+    fn append(prev: u64, last: u64, commit: u64) -> AppendEntriesRequest<C> {
+        use openraft::entry::RaftEntry;
+        let log_id = |index| openraft::testing::log_id::<C>(1, 1, index);
+        let entries = (prev + 1..=last)
+            .map(|i| {
+                openraft::type_config::alias::EntryOf::<C>::new_normal(
+                    log_id(i),
+                    crate::types::Command { at_ms: i, ops: vec![] },
+                )
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: VoteOf::<C>::new(1, 1),
+            prev_log_id: Some(log_id(prev)),
+            leader_commit: Some(log_id(commit)),
+            entries,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_notice_is_superseded_by_the_append_after_it_or_sent_once_its_wait_is_over() {
+        let received = Received::default();
+        let node = PeerNode { id: "f".into(), peer: follower(received.clone()).await.to_string(), http: String::new() };
+        let link = GroupLink { peers: Peers::new(BTreeMap::from([(1, node)]), 1024, None), target: 1, group: 0 };
+        let answered = |results: Vec<Result<StreamAppendResult<C>, RPCError<C>>>| -> Vec<u64> {
+            results.into_iter().map(|r| r.expect("answered").expect("matched").map_or(0, |l| l.index)).collect()
+        };
+        let timeout = Duration::from_secs(5);
+        let take = |received: &Received| std::mem::take(&mut *received.lock().expect("lock"));
+
+        // A notice with an append right behind it: only the append goes, and its answer covers both.
+        let input = futures_util::stream::iter([append(5, 5, 3), append(5, 7, 4)]);
+        let results = pipelined_appends(link.clone(), input, timeout).collect::<Vec<_>>().await;
+        assert_eq!(answered(results), [7]);
+        assert_eq!(take(&received), [(2, Some(4))]);
+
+        // Notices one after another: the last goes (it carries the latest commit), when the leader has no more.
+        let input = futures_util::stream::iter([append(7, 7, 5), append(7, 7, 6)]);
+        let results = pipelined_appends(link.clone(), input, timeout).collect::<Vec<_>>().await;
+        assert_eq!(answered(results), [7]);
+        assert_eq!(take(&received), [(0, Some(6))]);
+
+        // A notice with nothing behind it goes once its wait is over, and not before.
+        let input = futures_util::stream::iter([append(7, 7, 7)]).chain(futures_util::stream::pending());
+        let started = Instant::now();
+        let mut results = pipelined_appends(link, input, timeout);
+        let first = tokio::time::timeout(timeout, results.next()).await.expect("sent").expect("an answer");
+        assert!(started.elapsed() >= NOTICE_LINGER, "sent after {:?}", started.elapsed());
+        assert_eq!(answered(vec![first]), [7]);
+        assert_eq!(take(&received), [(0, Some(7))]);
     }
 }

@@ -140,6 +140,10 @@ pub struct Node {
     lane_turns: LaneTurns,
     /// Peer requests refused for want of the cluster token (for `/metrics`).
     pub peer_refused: std::sync::atomic::AtomicU64,
+    /// Appends handed to this node's groups by their leaders (for `/metrics`).
+    pub appends_in: std::sync::atomic::AtomicU64,
+    /// Of those, the ones that carried no entries: heartbeats and commit notices (for `/metrics`).
+    pub empty_appends_in: std::sync::atomic::AtomicU64,
     /// Whether a peer request of another cluster was already logged (once is enough to name the problem).
     warned_identity: std::sync::atomic::AtomicBool,
     /// Set once a majority of the cluster refuses this node as another cluster's: the node stops, saying why.
@@ -358,6 +362,8 @@ impl Node {
             snapshots_in: Default::default(),
             lane_turns: LaneTurns::default(),
             peer_refused: Default::default(),
+            appends_in: Default::default(),
+            empty_appends_in: Default::default(),
             warned_identity: Default::default(),
             shut_out: tokio::sync::watch::Sender::new(None),
             latency: Default::default(),
@@ -1172,6 +1178,10 @@ async fn raft_message(node: &Node, message: Envelope) -> Reply {
         RaftOp::Append => {
             let rpc: openraft::raft::AppendEntriesRequest<C> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
             let wakes = !rpc.entries.is_empty();
+            node.appends_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !wakes {
+                node.empty_appends_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             (postcard::to_allocvec(&raft.append_entries(rpc).await.map_err(|e| e.to_string())?), wakes)
         }
         RaftOp::Vote => {

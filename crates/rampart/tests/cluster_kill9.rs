@@ -910,10 +910,14 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert!(commits.is_some_and(|n| n >= 1), "{metrics}");
     // Write-ahead records are counted and timed apart from the database's commits (how many there were depends
     // on how the writer batched the elections' appends: every put above was refused).
+    let counter = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|n| n.parse::<u64>().ok());
     for name in ["rampart_store_wal_records_total ", "rampart_store_wal_record_duration_seconds_count "] {
-        let value = metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|n| n.parse::<u64>().ok());
-        assert!(value.is_some(), "{name}: {metrics}");
+        assert!(counter(name).is_some(), "{name}: {metrics}");
     }
+    // Appends received from leaders, and of those the ones without entries, counted apart.
+    let appends = counter("rampart_raft_appends_received_total ");
+    let empty = counter("rampart_raft_empty_appends_received_total ");
+    assert!(appends.zip(empty).is_some_and(|(all, empty)| empty <= all), "{metrics}");
 }
 
 #[test]

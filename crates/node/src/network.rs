@@ -56,7 +56,7 @@ const APPEND_PIPELINE: usize = 8;
 /// How long a commit notice (an append with no entries, raised when the commit moves) waits for the append after
 /// it, which carries the same commit or a later one and so supersedes it ([`pipelined_appends`]). A partition's
 /// leader proposes its next entry once the one before is applied, a fraction of a millisecond after the commit:
-/// without the wait every entry cost each follower two messages. A follower learns a commit at most this much
+/// without the wait every entry cost each follower two messages. A follower learns a commit about this much
 /// later (nothing waits for that: the leader answers clients, and a new leader commits again before it serves).
 const NOTICE_LINGER: Duration = Duration::from_millis(2);
 /// Batches of Raft messages in flight to one peer. Messages raised while they are out wait and leave together in
@@ -664,8 +664,8 @@ impl RaftNetworkV2<C> for GroupLink {
     }
 
     /// A leader's appends to this follower, pipelined: each request is queued on the lane as soon as openraft
-    /// makes it (when an entry is appended, or the commit moves), up to [`APPEND_PIPELINE`] unanswered, and the
-    /// answers come back in order. openraft's default waits for each answer before it sends the next, so an
+    /// makes it (when an entry is appended; a commit notice waits up to [`NOTICE_LINGER`] for a request to
+    /// supersede it), up to [`APPEND_PIPELINE`] unanswered, and the answers come back in order. openraft's default waits for each answer before it sends the next, so an
     /// entry appended while one is out waited a whole round trip and a follower's fsync before it left. The
     /// follower hands a lane's batches to its groups in the order they were sent (see [`LaneTurns`]), so a
     /// pipelined append never overtakes the one before it.
@@ -677,7 +677,7 @@ impl RaftNetworkV2<C> for GroupLink {
     where
         S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
     {
-        let stream = pipelined_appends(self.clone(), input, append_ttl(&option));
+        let stream = pipelined_appends(self.clone(), input, append_ttl(&option), NOTICE_LINGER);
         Box::pin(async move { Ok(stream) })
     }
 
@@ -744,11 +744,14 @@ fn append_ttl(option: &RPCOption) -> Duration {
 
 /// The stream of [`GroupLink::stream_append`]. It ends after the first answer that is not a full success (a
 /// conflict, a higher vote, a partial success, a failure): what was sent after it is moot, and openraft starts a
-/// new stream from what the follower holds.
+/// new stream from what the follower holds. A request without entries (a commit notice) is held for `linger`
+/// and dropped if another request comes meanwhile: that one carries the same `prev_log_id` and the same or a later
+/// commit, and its answer acknowledges both (openraft drains every request up to the log id an answer matches).
 fn pipelined_appends<S>(
     link: GroupLink,
     mut input: S,
     timeout: Duration,
+    linger: Duration,
 ) -> BoxStream<'static, Result<StreamAppendResult<C>, RPCError<C>>>
 where
     S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
@@ -773,8 +776,7 @@ where
                 // next request (which carries the same commit or a later one) if that comes within the linger.
                 Poll::Ready(Some(rpc)) if rpc.entries.is_empty() => {
                     // The first notice held sets the deadline; a later one replaces it, not the deadline.
-                    let until =
-                        held.take().map_or_else(|| Box::pin(tokio::time::sleep(NOTICE_LINGER)), |(_, until)| until);
+                    let until = held.take().map_or_else(|| Box::pin(tokio::time::sleep(linger)), |(_, until)| until);
                     held = Some((rpc, until));
                 }
                 Poll::Ready(Some(rpc)) => {
@@ -1091,25 +1093,44 @@ mod tests {
         let timeout = Duration::from_secs(5);
         let take = |received: &Received| std::mem::take(&mut *received.lock().expect("lock"));
 
+        // Long enough that a notice sent at once is told from one held, however loaded the machine.
+        let linger = Duration::from_millis(300);
+        let soon = Duration::from_millis(50);
+
         // A notice with an append right behind it: only the append goes, and its answer covers both.
         let input = futures_util::stream::iter([append(5, 5, 3), append(5, 7, 4)]);
-        let results = pipelined_appends(link.clone(), input, timeout).collect::<Vec<_>>().await;
+        let results = pipelined_appends(link.clone(), input, timeout, linger).collect::<Vec<_>>().await;
         assert_eq!(answered(results), [7]);
         assert_eq!(take(&received), [(2, Some(4))]);
 
-        // Notices one after another: the last goes (it carries the latest commit), when the leader has no more.
+        // Notices one after another, then the leader has no more: the last goes (it carries the latest commit).
         let input = futures_util::stream::iter([append(7, 7, 5), append(7, 7, 6)]);
-        let results = pipelined_appends(link.clone(), input, timeout).collect::<Vec<_>>().await;
+        let results = pipelined_appends(link.clone(), input, timeout, linger).collect::<Vec<_>>().await;
         assert_eq!(answered(results), [7]);
         assert_eq!(take(&received), [(0, Some(6))]);
 
+        // The input as openraft makes it, one request at a time.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let input = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut results = pipelined_appends(link, input, timeout, linger);
+
+        // A notice held while nothing follows, then an append within the wait: only the append goes.
+        tx.send(append(7, 7, 7)).expect("queued");
+        assert!(tokio::time::timeout(soon, results.next()).await.is_err(), "the notice was answered at once");
+        assert_eq!(take(&received), [], "the notice went at once");
+        tx.send(append(7, 9, 7)).expect("queued");
+        let next = tokio::time::timeout(timeout, results.next()).await.expect("sent").expect("an answer");
+        assert_eq!(answered(vec![next]), [9]);
+        assert_eq!(take(&received), [(2, Some(7))]);
+
         // A notice with nothing behind it goes once its wait is over, and not before.
-        let input = futures_util::stream::iter([append(7, 7, 7)]).chain(futures_util::stream::pending());
         let started = Instant::now();
-        let mut results = pipelined_appends(link, input, timeout);
-        let first = tokio::time::timeout(timeout, results.next()).await.expect("sent").expect("an answer");
-        assert!(started.elapsed() >= NOTICE_LINGER, "sent after {:?}", started.elapsed());
-        assert_eq!(answered(vec![first]), [7]);
-        assert_eq!(take(&received), [(0, Some(7))]);
+        tx.send(append(9, 9, 9)).expect("queued");
+        assert!(tokio::time::timeout(soon, results.next()).await.is_err(), "the notice was answered at once");
+        assert_eq!(take(&received), [], "the notice went at once");
+        let next = tokio::time::timeout(timeout, results.next()).await.expect("sent").expect("an answer");
+        assert!(started.elapsed() >= linger, "sent after {:?}", started.elapsed());
+        assert_eq!(answered(vec![next]), [9]);
+        assert_eq!(take(&received), [(0, Some(9))]);
     }
 }

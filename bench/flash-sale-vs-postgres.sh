@@ -32,9 +32,7 @@ for r in $(seq "$rounds"); do
     "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --workload flash-sale --clients "$c" \
       --duration-s "$secs" 2>/dev/null | tee "$dir/rampart.out"
   done
-  stop_rampart
-  pids=()
-  rm -rf "$dir"/n[123] "$dir"/n[123].log
+  reset_rampart
   best=$(sed -nE 's/.* tps=([0-9.]+) .*/\1/p' "$dir/postgres.out" | sort -g | tail -1)
   ours=$(sed -nE 's/.* = ([0-9]+)\/s .*/\1/p' "$dir/rampart.out")
   [ -n "$best" ] && [ -n "$ours" ] || { echo "round $r: no rate to compare (PostgreSQL '$best', Rampart '$ours')" >&2; exit 1; }

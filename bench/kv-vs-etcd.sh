@@ -36,13 +36,12 @@ run_rampart() {
   local p
   for p in ${PARTITIONS:-64}; do
     echo "rampart partitions=$p replicas=${REPLICAS:-3}"
-    rm -rf "${dir:?}"/n*
     start_rampart --replicas "${REPLICAS:-3}" --partitions "$p"
     for c in "${clients[@]}"; do
       "$bin" bench --addr 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103 --clients "$c" --duration-s "$secs" \
         --keys 100000 --value-bytes 256 2>/dev/null
     done
-    stop_rampart
+    reset_rampart
   done
 }
 case "${ORDER:-etcd-first}" in

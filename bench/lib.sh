@@ -26,6 +26,13 @@ stop_rampart() {
   sleep 0.2
 }
 
+# Stops the nodes and removes their data and logs, so that the next start_rampart founds a fresh cluster.
+reset_rampart() {
+  stop_rampart
+  pids=()
+  rm -rf "${dir:?}"/n*
+}
+
 # Starts (or restarts, on its data) node N of the cluster, with any further settings; its PID goes to pids[N-1].
 start_node() {
   local i=$1; shift

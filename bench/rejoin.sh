@@ -23,7 +23,5 @@ for t in $(seq "$trials"); do
   start_node 3
   while kill -0 "$load" 2>/dev/null; do sleep 0.2; done
   echo "trial $t: $(grep -v '^$' "$dir/bench.txt")  elections while n3 rejoined: $(( $(metric_sum 1 rampart_raft_term) - before ))"
-  stop_rampart
-  pids=()
-  rm -rf "${dir:?}"/n*
+  reset_rampart
 done

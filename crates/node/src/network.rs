@@ -665,8 +665,9 @@ impl RaftNetworkV2<C> for GroupLink {
 
     /// A leader's appends to this follower, pipelined: each request is queued on the lane as soon as openraft
     /// makes it (when an entry is appended; a commit notice waits up to [`NOTICE_LINGER`] for a request to
-    /// supersede it), up to [`APPEND_PIPELINE`] unanswered, and the answers come back in order. openraft's default waits for each answer before it sends the next, so an
-    /// entry appended while one is out waited a whole round trip and a follower's fsync before it left. The
+    /// supersede it), up to [`APPEND_PIPELINE`] unanswered, and the answers come back in order. openraft's
+    /// default waits for each answer before it sends the next, so an entry appended while one is out waited a
+    /// whole round trip and a follower's fsync before it left. The
     /// follower hands a lane's batches to its groups in the order they were sent (see [`LaneTurns`]), so a
     /// pipelined append never overtakes the one before it.
     fn stream_append<'s, S>(
@@ -787,12 +788,9 @@ where
                 Poll::Pending => break,
             }
         }
-        if let Some((_, until)) = &mut held {
-            if (input_done || until.as_mut().poll(cx).is_ready()) && inflight.len() < APPEND_PIPELINE {
-                if let Some((rpc, _)) = held.take() {
-                    inflight.push_back(send(rpc));
-                }
-            }
+        let room = inflight.len() < APPEND_PIPELINE;
+        if let Some((rpc, _)) = held.take_if(|(_, until)| (input_done || until.as_mut().poll(cx).is_ready()) && room) {
+            inflight.push_back(send(rpc));
         }
         match inflight.poll_next_unpin(cx) {
             Poll::Ready(Some((answer, prev, last))) => {

@@ -972,14 +972,14 @@ fn peer_post(cluster: &Cluster, i: usize, path: &str, authorization: Option<&str
 fn the_peer_port_serves_only_members_presenting_the_cluster_token() {
     const GOOD: &str = "correct-horse-battery-staple";
     const WRONG: &str = "incorrect-horse-battery-staple";
-    fn applied(cluster: &Cluster, i: usize) -> u64 {
-        (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_last_applied_index{{partition=\"{p}\"}}"))).sum()
+    // A per-partition index summed over the four partitions.
+    fn summed(cluster: &Cluster, i: usize, name: &str) -> u64 {
+        (0..4).map(|p| metric(cluster, i, &format!("{name}{{partition=\"{p}\"}}"))).sum()
     }
+    let applied = |cluster: &Cluster, i| summed(cluster, i, "rampart_raft_last_applied_index");
     // What a member's logs hold. Not what it applied: a follower restarted by `kill -9` applies again only what
     // it learns is committed, and the committed index it saved may predate the kill (Raft keeps it volatile).
-    fn logged(cluster: &Cluster, i: usize) -> u64 {
-        (0..4).map(|p| metric(cluster, i, &format!("rampart_raft_last_log_index{{partition=\"{p}\"}}"))).sum()
-    }
+    let logged = |cluster: &Cluster, i| summed(cluster, i, "rampart_raft_last_log_index");
     let mut cluster = Cluster::started(28_000, &["--partitions", "4", "--cluster-token", GOOD]);
     assert!(put(&cluster, 0, "first", "v"), "the cluster with the token takes writes");
     // n2 comes back with another token: the two members with the right one are a majority and go on without it.

@@ -36,7 +36,7 @@ for r in $(seq "$rounds"); do
   best=$(sed -nE 's/.* tps=([0-9.]+) .*/\1/p' "$dir/postgres.out" | sort -g | tail -1)
   ours=$(sed -nE 's/.* = ([0-9]+)\/s .*/\1/p' "$dir/rampart.out")
   [ -n "$best" ] && [ -n "$ours" ] || { echo "round $r: no rate to compare (PostgreSQL '$best', Rampart '$ours')" >&2; exit 1; }
-  ratio=$(awk -v a="$ours" -v b="$best" 'BEGIN { printf "%.2f", a / b }')
+  ratio=$(awk -v a="$ours" -v b="$best" 'BEGIN { printf "%.3f", a / b }')
   ratios+=("$ratio")
   echo "round $r: Rampart at ${clients[-1]} clients $ours orders/s, PostgreSQL's best $best tps: ${ratio}x"
 done

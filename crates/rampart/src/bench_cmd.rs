@@ -45,7 +45,7 @@ pub struct BenchArgs {
     /// Node addresses, comma-separated (http://127.0.0.1:7101 or 127.0.0.1:7101).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7101")]
     addr: Vec<String>,
-    /// What to send (more workloads arrive with the trading core and the lock service).
+    /// What to send.
     #[arg(long, value_enum, default_value_t = Workload::Kv)]
     workload: Workload,
     /// Concurrent clients (1 to 1024).

@@ -54,14 +54,14 @@ const APPEND_TTL_MIN: Duration = Duration::from_secs(1);
 /// A group's appends to one follower that may be unanswered at once (see [`GroupLink::stream_append`]).
 const APPEND_PIPELINE: usize = 8;
 /// How long a commit notice (an append with no entries, raised when the commit moves) waits for the append after
-/// it, which carries the same commit or a later one and so supersedes it ([`pipelined_appends`]). A hot partition's
-/// leader proposes its next entry once the one before is applied, a fraction of a millisecond after the commit;
-/// with writes spread over many partitions, each partition's next entry comes milliseconds later (about 12 ms
-/// apart: kv at 64 clients, 5,500 writes/s over 64 partitions). Without the wait every entry cost each follower two messages; at
-/// 2 ms, kv still sent 0.83 notices a write, at 20 ms 0.27, for 6% less node CPU a write (BENCHMARKS.md, "Commit
-/// notices superseded by the next append"). A follower learns a commit up to this much later, and at the latest
-/// with the next heartbeat round (every 40 ms by default): nothing waits for that (the leader answers clients,
-/// and a new leader commits again before it serves).
+/// it, which carries the same commit or a later one and so supersedes it ([`pipelined_appends`]). A hot
+/// partition's leader proposes its next entry once the one before is applied, a fraction of a millisecond after
+/// the commit; with writes spread over many partitions, each partition's next entry comes milliseconds later
+/// (about 12 ms apart: kv at 64 clients, 5,500 writes/s over 64 partitions). Without the wait every entry cost
+/// each follower two messages; at 2 ms, kv still sent 0.83 notices a write, at 20 ms 0.27, and took 3-6% more
+/// writes a second (BENCHMARKS.md, "Commit notices superseded by the next append"). A follower learns a commit up
+/// to this much later, and at the latest with the next heartbeat round (every 40 ms by default): nothing waits for
+/// that (the leader answers clients, and a new leader commits again before it serves).
 const NOTICE_LINGER: Duration = Duration::from_millis(20);
 /// Batches of Raft messages in flight to one peer. Messages raised while they are out wait and leave together in
 /// the next batch: the more load, the larger the batches, and the fewer requests per message. Two, so that an

@@ -305,6 +305,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         ("rampart_store_writes_total", "writes those transactions carried", stats.writes.load(Relaxed)),
         ("rampart_proposed_entries_total", "Raft entries proposed by this node", node.proposed.entries.load(Relaxed)),
         ("rampart_proposed_ops_total", "client operations those entries carried", node.proposed.ops.load(Relaxed)),
+        (
+            "rampart_proposed_gathered_entries_total",
+            "of those entries, the ones that waited for the callers the entry before answered",
+            node.proposed.gathered.load(Relaxed),
+        ),
+        (
+            "rampart_proposed_gather_missed_total",
+            "of those, the ones whose wait ran out first",
+            node.proposed.gather_missed.load(Relaxed),
+        ),
         ("rampart_snapshot_chunks_received_total", "snapshot chunks taken in from leaders", snapshot_chunks),
         ("rampart_snapshots_received_total", "snapshots received whole from leaders", snapshots),
         ("rampart_peer_requests_refused_total", "peer RPC refused: no cluster token", node.peer_refused.load(Relaxed)),

@@ -62,6 +62,13 @@ const BATCH_OPS_MAX: usize = 1024;
 /// commit and a Raft round on every replica, and gained less than a second lane window (BENCHMARKS.md,
 /// "Pipelined appends").
 const INFLIGHT_MAX: usize = 1;
+/// An entry waits for the callers the entry before it answered only if that entry carried at least this many
+/// operations (see [`Batcher`]): a partition written by a few callers at a time goes at once.
+const GATHER_AFTER_OPS: usize = 4;
+/// The longest an entry waits for those callers (tokio's timer rounds it up to its next millisecond tick).
+const GATHER_FOR: Duration = Duration::from_millis(1);
+/// Entries that go without waiting after a wait ran out.
+const GATHER_SKIP: u32 = 16;
 /// How often a leader looks for unpaid orders past their deadline.
 const EXPIRY_EVERY: Duration = Duration::from_millis(500);
 
@@ -168,6 +175,10 @@ struct Hosted {
 pub struct ProposeStats {
     pub entries: std::sync::atomic::AtomicU64,
     pub ops: std::sync::atomic::AtomicU64,
+    /// Entries that waited for the callers the entry before answered.
+    pub gathered: std::sync::atomic::AtomicU64,
+    /// Of those, the ones whose wait ran out before every caller was back.
+    pub gather_missed: std::sync::atomic::AtomicU64,
 }
 
 /// One operation waiting to be proposed, and where its outcome goes.
@@ -877,7 +888,68 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Proposes one group's queued operations: up to [`BATCH_OPS_MAX`] per entry, [`INFLIGHT_MAX`] entries at a time.
+/// How a partition's proposer forms its entries.
+///
+/// Callers in a closed loop (each sends its next operation once answered, as buyers and `rampart bench` do) split
+/// into two cohorts under [`INFLIGHT_MAX`] = 1: the operations that queue while an entry is in flight go in the
+/// next entry as soon as it is answered, before the callers it answered are back, so each entry carries about
+/// half of them and every caller waits two rounds. So once an entry of at least [`GATHER_AFTER_OPS`] is answered,
+/// the next one also waits, up to [`GATHER_FOR`], for as many operations as that entry answered: its callers come
+/// back within a fraction of a millisecond and go in one entry with the queued ones. A wait that runs out (the
+/// callers went to other partitions, or are gone) makes the next [`GATHER_SKIP`] entries go at once.
+#[derive(Debug, Default)]
+struct Batcher {
+    /// The operations of the entry answered last.
+    answered: usize,
+    /// Entries still to go without waiting, after a wait that ran out.
+    skip: u32,
+}
+
+impl Batcher {
+    /// The operations of the next entry, taken once the entry before it was answered: every operation queued (up
+    /// to [`BATCH_OPS_MAX`]) and, when that entry was big enough, its callers' next ones as they come. `None` once
+    /// the queue is closed and empty.
+    async fn next<T>(&mut self, rx: &mut mpsc::Receiver<T>, stats: &ProposeStats) -> Option<Vec<T>> {
+        // Queued while the entry before was in flight, so not from the callers it answered.
+        let waiting = rx.len();
+        let mut batch = vec![rx.recv().await?];
+        drain(rx, &mut batch);
+        let want = (waiting + self.answered).min(BATCH_OPS_MAX);
+        if self.answered >= GATHER_AFTER_OPS && batch.len() < want && self.skip == 0 {
+            stats.gathered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let until = tokio::time::Instant::now() + GATHER_FOR;
+            while batch.len() < want {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(op)) => batch.push(op),
+                    Ok(None) => break,
+                    Err(_) => {
+                        stats.gather_missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.skip = GATHER_SKIP;
+                        break;
+                    }
+                }
+            }
+            drain(rx, &mut batch);
+        } else {
+            self.skip = self.skip.saturating_sub(1);
+        }
+        self.answered = batch.len();
+        Some(batch)
+    }
+}
+
+/// Moves what is queued into `batch`, up to [`BATCH_OPS_MAX`] in all.
+fn drain<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
+    while batch.len() < BATCH_OPS_MAX {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Proposes one group's queued operations: up to [`BATCH_OPS_MAX`] per entry, [`INFLIGHT_MAX`] entries at a time,
+/// each formed by a [`Batcher`].
 async fn propose_loop(
     raft: GroupRaft,
     group: GroupId,
@@ -886,15 +958,10 @@ async fn propose_loop(
     proposed: Arc<ProposeStats>,
 ) {
     let inflight = Arc::new(Semaphore::new(INFLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
+    let mut batcher = Batcher::default();
+    loop {
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < BATCH_OPS_MAX {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        let Some(batch) = batcher.next(&mut rx, &proposed).await else { return };
         proposed.entries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         proposed.ops.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let raft = raft.clone();
@@ -1272,6 +1339,83 @@ async fn config_rpc(State(node): State<Arc<Node>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A proposer's queue, kept open.
+    type Queue = (mpsc::Receiver<u32>, mpsc::Sender<u32>);
+
+    /// A batcher's next entry from `queued` operations sent first and `returning` sent from another task once the
+    /// batcher waits (callers coming back). The test runtime has one thread: that task runs only when the batcher
+    /// waits, after it took the queued ones.
+    async fn entry_after(
+        batcher: &mut Batcher,
+        stats: &ProposeStats,
+        queued: u32,
+        returning: u32,
+    ) -> (Vec<u32>, Queue) {
+        let (tx, mut rx) = mpsc::channel(BATCH_OPS_MAX);
+        for op in 0..queued {
+            tx.send(op).await.unwrap();
+        }
+        let callers = tx.clone();
+        tokio::spawn(async move {
+            for op in 0..returning {
+                let _ = callers.send(100 + op).await;
+            }
+        });
+        let batch = batcher.next(&mut rx, stats).await.unwrap();
+        (batch, (rx, tx))
+    }
+
+    #[tokio::test]
+    async fn an_entry_waits_for_the_callers_the_entry_before_answered_and_takes_them_with_the_queued_ones() {
+        let stats = ProposeStats::default();
+        let mut batcher = Batcher { answered: 8, skip: 0 };
+        let (batch, _queue) = entry_after(&mut batcher, &stats, 3, 8).await;
+        assert_eq!(batch, vec![0, 1, 2, 100, 101, 102, 103, 104, 105, 106, 107]);
+        assert_eq!(batcher.answered, 11);
+        assert_eq!(stats.gathered.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(stats.gather_missed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_small_entry_is_not_waited_for_after() {
+        let stats = ProposeStats::default();
+        let mut batcher = Batcher { answered: GATHER_AFTER_OPS - 1, skip: 0 };
+        let (batch, _queue) = entry_after(&mut batcher, &stats, 1, 3).await;
+        assert_eq!(batch, vec![0], "the entry goes with what is queued");
+        assert_eq!(stats.gathered.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_runs_out_goes_with_what_came_and_the_entries_after_it_go_at_once() {
+        let stats = ProposeStats::default();
+        let mut batcher = Batcher { answered: 8, skip: 0 };
+        // Two of the eight callers come back; the others went elsewhere.
+        let (batch, _queue) = entry_after(&mut batcher, &stats, 6, 2).await;
+        assert_eq!(batch, vec![0, 1, 2, 3, 4, 5, 100, 101]);
+        assert_eq!(stats.gathered.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(stats.gather_missed.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(batcher.skip, GATHER_SKIP);
+        for left in (0..GATHER_SKIP).rev() {
+            let (batch, _queue) = entry_after(&mut batcher, &stats, 5, 5).await;
+            assert_eq!(batch, vec![0, 1, 2, 3, 4], "no wait while skipping");
+            assert_eq!(batcher.skip, left);
+        }
+        assert_eq!(stats.gathered.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let (batch, _queue) = entry_after(&mut batcher, &stats, 5, 5).await;
+        assert_eq!(batch.len(), 10, "waits again once the skipped entries went: {batch:?}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_queue_ends_the_batches_once_empty() {
+        let stats = ProposeStats::default();
+        let mut batcher = Batcher { answered: 8, skip: 0 };
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.send(1).await.unwrap();
+        drop(tx);
+        assert_eq!(batcher.next(&mut rx, &stats).await, Some(vec![1]), "what was queued still goes");
+        assert_eq!(batcher.next(&mut rx, &stats).await, None);
+    }
 
     /// Every heartbeat and election timeout the configuration accepts gives openraft a valid configuration, and
     /// a follower never campaigns before the election timeout has passed in silence.

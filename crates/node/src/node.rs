@@ -65,7 +65,8 @@ const INFLIGHT_MAX: usize = 1;
 /// An entry waits for the callers the entry before it answered only if that entry carried at least this many
 /// operations (see [`Batcher`]): a partition written by a few callers at a time goes at once.
 const GATHER_AFTER_OPS: usize = 4;
-/// The longest an entry waits for those callers (tokio's timer rounds it up to its next millisecond tick).
+/// The longest an entry waits for those callers, from its first operation (tokio's timer rounds the deadline up
+/// to its next millisecond tick: a wait that runs out lasts 1–2 ms).
 const GATHER_FOR: Duration = Duration::from_millis(1);
 /// Entries that go without waiting after a wait ran out.
 const GATHER_SKIP: u32 = 16;

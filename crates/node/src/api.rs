@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::node::{live_leader, Node, Read, ReadResult, RequestError};
-use crate::types::Op;
+use crate::types::{GroupId, Op};
 
 /// The largest request body accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -133,6 +133,9 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
         })
         .collect();
     let name = |id: &u64| names.get(id).map(|n| n.id.clone());
+    // Partitions this node holds no replica of: their leaders as the nodes holding them see them.
+    let elsewhere: Vec<GroupId> = (0..node.config.partitions).filter(|p| node.group(*p).is_none()).collect();
+    let elsewhere = node.leaders_elsewhere(&elsewhere).await;
     let mut moving = 0;
     let partitions: Vec<_> = (0..node.config.partitions)
         .map(|p| {
@@ -155,8 +158,11 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
                 "replicas": target,
                 "voters": voters,
                 "moving": settled.map(|s| !s),
-                "leader": m.as_ref().and_then(|m| live_leader(m, &down)).as_ref().and_then(name),
-                "term": m.as_ref().map(|m| m.current_term),
+                "leader": match &m {
+                    Some(m) => live_leader(m, &down).as_ref().and_then(name),
+                    None => elsewhere.get(&p).and_then(|l| name(&l.leader)),
+                },
+                "term": m.as_ref().map(|m| m.current_term).or(elsewhere.get(&p).map(|l| l.term)),
             })
         })
         .collect();

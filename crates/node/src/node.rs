@@ -813,6 +813,56 @@ impl Node {
     }
 }
 
+/// How long `GET /v1/cluster` waits for the peers it asks about partitions held elsewhere.
+const LEADERS_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A group's leader as a node holding one of its replicas sees it: the leader and the term it leads in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderSeen {
+    pub group: GroupId,
+    pub leader: RaftId,
+    pub term: u64,
+}
+
+impl Node {
+    /// The leaders this node's replicas see for those of `groups` it holds.
+    fn leaders_seen(&self, groups: &[GroupId]) -> Vec<LeaderSeen> {
+        let down = self.down();
+        groups
+            .iter()
+            .filter_map(|&group| {
+                let m = self.metrics(group)?;
+                Some(LeaderSeen { group, leader: live_leader(&m, &down)?, term: m.current_term })
+            })
+            .collect()
+    }
+
+    /// The leaders of `groups` (partitions this node holds no replica of, so it cannot see them itself) as the
+    /// live nodes holding them see them, asked all at once; where answers differ, the higher term's. A group no
+    /// peer answered for within [`LEADERS_TIMEOUT`] is left out.
+    pub async fn leaders_elsewhere(&self, groups: &[GroupId]) -> BTreeMap<GroupId, LeaderSeen> {
+        let mut seen = BTreeMap::new();
+        if groups.is_empty() {
+            return seen;
+        }
+        let down = self.down();
+        let peers: Vec<RaftId> =
+            self.peers.nodes().into_keys().filter(|id| *id != self.me && !down.contains(id)).collect();
+        let asked = peers
+            .iter()
+            .map(|&peer| self.peers.call::<_, Vec<LeaderSeen>>(peer, "/internal/leaders", &groups, LEADERS_TIMEOUT));
+        for answer in join_all(asked).await.into_iter().flatten() {
+            for l in answer.into_iter().filter(|l| groups.contains(&l.group)) {
+                let entry = seen.entry(l.group).or_insert(l);
+                if l.term > entry.term {
+                    *entry = l;
+                }
+            }
+        }
+        seen
+    }
+}
+
 /// The leader a group's metrics name, unless membership has declared its node dead (`down`): a follower whose
 /// pre-vote fails keeps the leader it last knew, however long that node has been dead.
 pub(crate) fn live_leader(m: &RaftMetrics<TypeConfig>, down: &BTreeSet<RaftId>) -> Option<RaftId> {
@@ -1154,6 +1204,7 @@ fn peer_router(node: Arc<Node>) -> Router {
         .route("/internal/drop/{group}", post(drop_rpc))
         .route("/internal/config", post(config_rpc))
         .route("/internal/quiesce", post(quiesce_rpc))
+        .route("/internal/leaders", post(leaders_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(node.clone(), admit_peer))
         .with_state(node.clone())
@@ -1271,6 +1322,14 @@ async fn raft_message(node: &Node, message: Envelope) -> Reply {
 async fn quiesce_rpc(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match postcard::from_bytes::<Vec<crate::quiesce::Ask>>(&body) {
         Ok(asks) => postcard_response(&crate::quiesce::answer(&node, &asks)),
+        Err(e) => bad_request(e),
+    }
+}
+
+/// The leaders this node sees for those of the asked groups it holds (for another node's cluster view).
+async fn leaders_rpc(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match postcard::from_bytes::<Vec<GroupId>>(&body) {
+        Ok(groups) => postcard_response(&node.leaders_seen(&groups)),
         Err(e) => bad_request(e),
     }
 }

@@ -100,6 +100,38 @@ fn settled(nodes: &[usize], epoch: u64) -> Vec<BTreeSet<String>> {
     }
 }
 
+/// Waits until every node in `nodes` names a leader, among the partition's replicas, for every partition,
+/// including those it holds no replica of (it asks the nodes that do); returns how many such partitions it saw.
+fn leaders_named_everywhere(nodes: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut held_elsewhere = 0;
+        let mut missing = Vec::new();
+        for &i in nodes {
+            let v = view(i);
+            let me = format!("n{i}");
+            for p in v.as_ref().and_then(|v| v["partitions"].as_array()).into_iter().flatten() {
+                let replicas: Vec<&str> =
+                    p["replicas"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+                if !replicas.contains(&me.as_str()) {
+                    held_elsewhere += 1;
+                }
+                if !p["leader"].as_str().is_some_and(|l| replicas.contains(&l)) || p["term"].as_u64().is_none() {
+                    missing.push(format!("n{i} partition {}: {p}", p["id"]));
+                }
+            }
+            if v.is_none() {
+                missing.push(format!("n{i}: no view"));
+            }
+        }
+        if missing.is_empty() {
+            return held_elsewhere;
+        }
+        assert!(Instant::now() < deadline, "leaders not named: {missing:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn put(i: usize, key: &str, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = format!(r#"{{"value":"{value}"}}"#);
@@ -157,6 +189,8 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     // 8 partitions x 3 replicas over 4 nodes: the joiner's fair share is 6, and nothing else moves.
     assert_eq!(gained, PARTITIONS * 3 / 4, "{before:?} -> {grown:?}");
     all_readable(3, &written);
+    // Each partition's 3 replicas leave one of the 4 nodes without it; that node still names its leader.
+    assert_eq!(leaders_named_everywhere(&[0, 1, 2, 3]), PARTITIONS);
     for k in 60..90 {
         let (key, value) = (format!("grow-{k}"), format!("v{k}"));
         put(k % 4, &key, &value);

@@ -127,8 +127,13 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
                     // Phi grows without bound for a silent member; 1000 already means "certainly gone".
                     "phi": (phi.min(1000.0) * 100.0).round() / 100.0,
                 }),
-                // Not heard of yet: it has not joined the membership (or is down since this node started).
-                None => json!({"id": n.id, "addr": n.peer, "http": null, "zone": null, "state": if member { "suspect" } else { "left" }, "phi": null}),
+                // Not heard of yet: it has not joined the membership (or is down since this node started). Its zone
+                // is the one the configuration gave it last.
+                None => {
+                    let listed = cluster.config.history.iter().rev().flatten();
+                    let zone = listed.filter(|m| m.id == n.id).map(|m| m.zone.clone()).next();
+                    json!({"id": n.id, "addr": n.peer, "http": null, "zone": zone, "state": if member { "suspect" } else { "left" }, "phi": null})
+                }
             }
         })
         .collect();

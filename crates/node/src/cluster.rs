@@ -538,8 +538,8 @@ impl Node {
         fresh
     }
 
-    /// On the metadata group's leader: decommissions a member that membership has declared dead for longer than
-    /// `--replace-after-ms`, so its replicas are rebuilt on the others. A voter of the metadata group is
+    /// On the metadata group's leader: decommissions a member that membership has declared dead, or not heard of
+    /// at all, for longer than `--replace-after-ms`, so its replicas are rebuilt on the others. A voter of the metadata group is
     /// decommissioned the same way, and a live member takes its place there too (`ClusterConfig::meta_for`), so the
     /// group keeps its size through one loss after another.
     async fn replace_dead(&self, cluster: &Cluster) {
@@ -554,7 +554,13 @@ impl Node {
         let now = std::time::Instant::now();
         let mut due = Vec::new();
         for m in cluster.config.members().iter().filter(|m| m.id != self.config.id) {
-            let dead = seen.iter().any(|(info, _)| info.id == m.id && info.state == rampart_membership::State::Dead);
+            // A member membership has not heard of at all counts as dead: one that stayed down through a restart of
+            // the whole cluster is known to no live node, so membership never declares it anything, and its
+            // replicas would stay one short for good.
+            let dead = seen
+                .iter()
+                .find(|(info, _)| info.id == m.id)
+                .is_none_or(|(info, _)| info.state == rampart_membership::State::Dead);
             if !dead {
                 dead_since.remove(&m.id);
                 continue;

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,6 +37,21 @@ pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, (S
             (StatusCode::BAD_REQUEST, e.body_text())
         }
     })
+}
+
+/// A path's one parameter (a key, a SKU, an order or node id). One that is malformed (not UTF-8 once its
+/// percent-escapes are decoded) is refused as 400 `invalid_request` in the documented shape, not axum's plain text.
+pub(crate) struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(param)) => Ok(PathParam(param)),
+            Err(e) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text())),
+        }
+    }
 }
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -226,7 +242,7 @@ async fn add_node(State(node): State<Arc<Node>>, body: Result<Json<NewNode>, Jso
 }
 
 /// `DELETE /v1/cluster/nodes/{id}`: decommissions a node; its replicas move to the others first.
-async fn remove_node(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+async fn remove_node(State(node): State<Arc<Node>>, PathParam(id): PathParam) -> Response {
     admin_answer(node.admin(crate::cluster::AdminOp::Remove { id }).await)
 }
 
@@ -378,7 +394,7 @@ struct PutBody {
 
 async fn kv_put(
     State(node): State<Arc<Node>>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
     body: Result<Json<PutBody>, JsonRejection>,
 ) -> Response {
     if let Some(r) = bad_key(&key) {
@@ -401,7 +417,7 @@ async fn kv_put(
     }
 }
 
-async fn kv_get(State(node): State<Arc<Node>>, Path(key): Path<String>) -> Response {
+async fn kv_get(State(node): State<Arc<Node>>, PathParam(key): PathParam) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
     }

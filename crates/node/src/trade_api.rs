@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -17,7 +17,7 @@ use rampart_trading::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::api::{error, request_error};
+use crate::api::{error, request_error, PathParam};
 use crate::node::{Node, Read, ReadResult};
 use crate::types::{GroupId, Op, OpOutcome};
 
@@ -177,7 +177,7 @@ struct NewProduct {
 
 async fn create_product(
     State(node): State<Arc<Node>>,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
     b: Result<Json<NewProduct>, JsonRejection>,
 ) -> Response {
     let checked = (|| -> Result<_, Refusal> {
@@ -208,7 +208,7 @@ async fn create_product(
     trade(&node, group, command, StatusCode::CREATED).await
 }
 
-async fn get_product(State(node): State<Arc<Node>>, Path(sku): Path<String>) -> Response {
+async fn get_product(State(node): State<Arc<Node>>, PathParam(sku): PathParam) -> Response {
     if let Err(r) = check_id("sku", &sku) {
         return r.into_response();
     }
@@ -228,7 +228,7 @@ struct RestockBody {
 
 async fn restock(
     State(node): State<Arc<Node>>,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
     b: Result<Json<RestockBody>, JsonRejection>,
 ) -> Response {
     let checked = (|| -> Result<_, Refusal> {
@@ -313,7 +313,7 @@ fn order_group(node: &Node, id: &str) -> Result<(GroupId, OrderId), Refusal> {
     }
 }
 
-async fn get_order(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+async fn get_order(State(node): State<Arc<Node>>, PathParam(id): PathParam) -> Response {
     let (group, id) = match order_group(&node, &id) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
@@ -329,13 +329,17 @@ async fn get_order(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Res
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
-async fn pay(State(node): State<Arc<Node>>, Path(id): Path<String>, b: Result<Json<Empty>, JsonRejection>) -> Response {
+async fn pay(
+    State(node): State<Arc<Node>>,
+    PathParam(id): PathParam,
+    b: Result<Json<Empty>, JsonRejection>,
+) -> Response {
     close(&node, &id, b, |order_id| Command::Pay { order_id }).await
 }
 
 async fn cancel(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     b: Result<Json<Empty>, JsonRejection>,
 ) -> Response {
     close(&node, &id, b, |order_id| Command::Cancel { order_id }).await

@@ -884,6 +884,8 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!((status, json(&body)["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
     let (status, body) = http("DELETE", a, "/v1/kv/x", None).expect("answer");
     assert_eq!((status, json(&body)["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
+    let (status, body) = http("GET", a, "/v1/kv/%FF", None).expect("answer");
+    assert_eq!((status, json(&body)["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
     let (status, body) = http("GET", a, "/v1/cluster", None).expect("answer");
     assert_eq!(status, 200);
     assert!(body.contains(r#""partitions""#) && body.contains(r#""leader""#), "{body}");

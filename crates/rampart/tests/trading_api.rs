@@ -86,6 +86,9 @@ fn the_trading_api_keeps_its_contract() {
         ("PUT", "/v1/products/x", r#"{"name":"X","price_cents":-1,"stock":1}"#, "price_cents"),
         ("PUT", "/v1/products/x", r#"{"name":"X","price_cents":1,"stock":1,"colour":"red"}"#, "colour"),
         ("PUT", "/v1/products/x%20y", r#"{"name":"X","price_cents":1,"stock":1}"#, "sku"),
+        // A path parameter that is not UTF-8 once decoded: refused in the documented shape too.
+        ("PUT", "/v1/products/%FF", r#"{"name":"X","price_cents":1,"stock":1}"#, "UTF-8"),
+        ("POST", "/v1/orders/%C3%28/pay", "{}", "UTF-8"),
         ("POST", "/v1/products/hot/restock", r#"{"qty":0}"#, "qty"),
         ("POST", "/v1/orders", r#"{"idempotency_key":"k","user_id":"u","items":[]}"#, "items"),
         ("POST", "/v1/orders", r#"{"idempotency_key":"k","user_id":"u","items":[{"sku":"hot","qty":0}]}"#, "qty"),

@@ -49,6 +49,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(param)) => Ok(PathParam(param)),
+            // A route wired without its parameter is the server's fault, not the request's.
+            Err(e) if e.status().is_server_error() => Err(error(e.status(), "internal", e.body_text())),
             Err(e) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", e.body_text())),
         }
     }
@@ -143,12 +145,19 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
                     // Phi grows without bound for a silent member; 1000 already means "certainly gone".
                     "phi": (phi.min(1000.0) * 100.0).round() / 100.0,
                 }),
-                // Not heard of yet: it has not joined the membership (or is down since this node started). Its zone
-                // is the one the configuration gave it last.
+                // Not known to membership: never heard of since this node started (it has not joined, or has been
+                // down since), or forgotten once dead or gone long enough (then in the state it was last heard in).
+                // Its zone is the one the configuration gave it last.
                 None => {
                     let listed = cluster.config.history.iter().rev().flatten();
                     let zone = listed.filter(|m| m.id == n.id).map(|m| m.zone.clone()).next();
-                    json!({"id": n.id, "addr": n.peer, "http": null, "zone": zone, "state": if member { "suspect" } else { "left" }, "phi": null})
+                    let last = node.last_heard.lock().ok().and_then(|l| l.get(&n.id).copied());
+                    let state = match last {
+                        _ if !member => "left".to_owned(),
+                        Some(s) => format!("{s:?}").to_lowercase(),
+                        None => "suspect".to_owned(),
+                    };
+                    json!({"id": n.id, "addr": n.peer, "http": null, "zone": zone, "state": state, "phi": null})
                 }
             }
         })

@@ -543,6 +543,15 @@ impl Node {
     /// decommissioned the same way, and a live member takes its place there too (`ClusterConfig::meta_for`), so the
     /// group keeps its size through one loss after another.
     async fn replace_dead(&self, cluster: &Cluster) {
+        use rampart_membership::State;
+        // What membership says of each member, remembered past the time it forgets a dead or departed one.
+        let heard = match self.last_heard.lock() {
+            Ok(mut last) => {
+                last.extend(self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)));
+                last.clone()
+            }
+            Err(_) => return,
+        };
         let leads_meta =
             self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
         let mut dead_since = self.dead_since.lock().await;
@@ -550,35 +559,34 @@ impl Node {
             dead_since.clear();
             return;
         }
-        let seen = self.membership.members();
+        let members = cluster.config.members();
+        dead_since.retain(|id, _| members.iter().any(|m| m.id == *id));
         let now = std::time::Instant::now();
-        let mut due = Vec::new();
-        for m in cluster.config.members().iter().filter(|m| m.id != self.config.id) {
-            // A member membership has not heard of at all counts as dead: one that stayed down through a restart of
-            // the whole cluster is known to no live node, so membership never declares it anything, and its
-            // replicas would stay one short for good.
-            let dead = seen
-                .iter()
-                .find(|(info, _)| info.id == m.id)
-                .is_none_or(|(info, _)| info.state == rampart_membership::State::Dead);
+        let mut due: Option<(std::time::Instant, String)> = None;
+        for m in members.iter().filter(|m| m.id != self.config.id) {
+            // A member never heard of since this node started counts as dead: one that stayed down through a
+            // restart of the whole cluster is known to no live node, so membership never declares it anything, and
+            // its replicas would stay one short for good. (One that left on purpose is not replaced.)
+            let dead = heard.get(&m.id).is_none_or(|s| *s == State::Dead);
             if !dead {
                 dead_since.remove(&m.id);
                 continue;
             }
             let since = *dead_since.entry(m.id.clone()).or_insert(now);
-            if now.duration_since(since) >= self.config.replace_after {
-                due.push(m.id.clone());
+            // One at a time, the one gone longest first: the members left decide whether the next may go.
+            if now.duration_since(since) >= self.config.replace_after && due.as_ref().is_none_or(|(d, _)| since < *d) {
+                due = Some((since, m.id.clone()));
             }
         }
         // With no node to spare (as many members as replicas) there is nowhere to rebuild: the partitions run on
         // the replicas left until the node returns or one is added.
-        if cluster.config.members().len() <= cluster.config.replicas as usize {
-            due.clear();
+        if members.len() <= cluster.config.replicas as usize {
+            due = None;
         }
         drop(dead_since);
-        for id in due {
+        if let Some((_, id)) = due {
             tracing::warn!(
-                "{id} has been dead for {:?}: decommissioning it, its replicas move",
+                "{id} has been dead, or never heard of, for {:?}: decommissioning it, its replicas move",
                 self.config.replace_after
             );
             match self.admin_local(AdminOp::Remove { id: id.clone() }).await {

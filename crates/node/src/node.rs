@@ -134,8 +134,11 @@ pub struct Node {
     raft_config: Arc<openraft::Config>,
     /// Configuration changes are made one at a time.
     pub(crate) admin_lock: tokio::sync::Mutex<()>,
-    /// On the metadata leader: members membership declared dead, and since when.
+    /// On the metadata leader: members membership declared dead (or never heard of), and since when.
     pub(crate) dead_since: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
+    /// The state membership last gave each member since this node started, kept after membership forgets a dead
+    /// or departed member (so one that left is not taken for one never heard of).
+    pub(crate) last_heard: std::sync::Mutex<BTreeMap<String, rampart_membership::State>>,
     /// The epoch of the configuration last recorded in the store (see `Node::record_config`).
     pub(crate) recorded_epoch: std::sync::Mutex<Option<u64>>,
     /// Entries proposed by this node's proposers, and the operations they carried (for `/metrics`).
@@ -369,6 +372,7 @@ impl Node {
             raft_config,
             admin_lock: tokio::sync::Mutex::new(()),
             dead_since: tokio::sync::Mutex::new(BTreeMap::new()),
+            last_heard: std::sync::Mutex::new(BTreeMap::new()),
             recorded_epoch: std::sync::Mutex::new(None),
             proposed: Arc::default(),
             snapshots_in: Default::default(),
@@ -838,21 +842,32 @@ impl Node {
     }
 
     /// The leaders of `groups` (partitions this node holds no replica of, so it cannot see them itself) as the
-    /// live nodes holding them see them, asked all at once; where answers differ, the higher term's. A group no
-    /// peer answered for within [`LEADERS_TIMEOUT`] is left out.
+    /// nodes holding them see them, asked all at once; where answers differ, the higher term's. Only replicas of
+    /// those groups that membership has heard of and calls alive or suspect are asked (a node gone for good, its
+    /// host too, would hold every view up for [`LEADERS_TIMEOUT`]); a group none of them answered for in that
+    /// time, or whose leader this node's membership calls dead, is left out.
     pub async fn leaders_elsewhere(&self, groups: &[GroupId]) -> BTreeMap<GroupId, LeaderSeen> {
+        use rampart_membership::State;
         let mut seen = BTreeMap::new();
         if groups.is_empty() {
             return seen;
         }
         let down = self.down();
-        let peers: Vec<RaftId> =
-            self.peers.nodes().into_keys().filter(|id| *id != self.me && !down.contains(id)).collect();
-        let asked = peers
+        let heard: BTreeSet<RaftId> = (self.membership.members().into_iter())
+            .filter(|(m, _)| matches!(m.state, State::Alive | State::Suspect))
+            .map(|(m, _)| raft_id(&m.id))
+            .collect();
+        let cluster = self.cluster();
+        let holders: BTreeSet<RaftId> = groups
+            .iter()
+            .flat_map(|&g| cluster.replicas(g))
+            .filter(|id| *id != self.me && heard.contains(id))
+            .collect();
+        let asked = holders
             .iter()
             .map(|&peer| self.peers.call::<_, Vec<LeaderSeen>>(peer, "/internal/leaders", &groups, LEADERS_TIMEOUT));
         for answer in join_all(asked).await.into_iter().flatten() {
-            for l in answer.into_iter().filter(|l| groups.contains(&l.group)) {
+            for l in answer.into_iter().filter(|l| groups.contains(&l.group) && !down.contains(&l.leader)) {
                 let entry = seen.entry(l.group).or_insert(l);
                 if l.term > entry.term {
                     *entry = l;

@@ -26,13 +26,18 @@ fn peer(i: usize) -> String {
     format!("127.0.0.1:{}", BASE + 50 + i as u16)
 }
 
-/// Starts node `i` in `nodes`' directory with the given bootstrap flags.
+/// Starts node `i` in `nodes`' directory with the given bootstrap flags, replacing members dead for 2 s.
 fn start(nodes: &mut Processes, i: usize, bootstrap: &[&str]) {
+    start_with(nodes, i, "2000", bootstrap);
+}
+
+/// Starts node `i` with the given replacement delay (ms) and bootstrap flags.
+fn start_with(nodes: &mut Processes, i: usize, replace_after_ms: &str, bootstrap: &[&str]) {
     let child = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["serve", "--id", &format!("n{i}"), "--http", &http_addr(i).to_string(), "--peer", &peer(i)])
         .arg("--data-dir")
         .arg(nodes.dir.path().join(format!("n{i}")))
-        .args(["--partitions", &PARTITIONS.to_string(), "--replace-after-ms", "2000"])
+        .args(["--partitions", &PARTITIONS.to_string(), "--replace-after-ms", replace_after_ms])
         .args(bootstrap)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -314,14 +319,16 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
 /// all the same and its replicas are rebuilt on the others. Nodes 10-13 (ports apart from the test above).
 #[test]
 fn a_member_missing_from_a_whole_cluster_restart_is_replaced() {
+    // Long enough that a restarted founder slow to start on a loaded machine is heard of well before it.
+    const REPLACE_AFTER_MS: &str = "6000";
     let mut nodes = Processes::new();
     let initial: Vec<String> = (10..13).map(|i| format!("n{i}={}", peer(i))).collect();
     let initial = initial.join(",");
     for i in 10..13 {
-        start(&mut nodes, i, &["--initial-cluster", &initial]);
+        start_with(&mut nodes, i, REPLACE_AFTER_MS, &["--initial-cluster", &initial]);
     }
     settled(&[10, 11, 12], 1);
-    start(&mut nodes, 13, &["--join", &peer(10)]);
+    start_with(&mut nodes, 13, REPLACE_AFTER_MS, &["--join", &peer(10)]);
     let grown = settled(&[10, 11, 12, 13], 2);
     assert!(grown.iter().any(|r| r.contains("n13")), "{grown:?}");
     let mut written = BTreeMap::new();
@@ -336,7 +343,7 @@ fn a_member_missing_from_a_whole_cluster_restart_is_replaced() {
     }
     nodes.children.clear();
     for i in 10..13 {
-        start(&mut nodes, i, &["--initial-cluster", &initial]);
+        start_with(&mut nodes, i, REPLACE_AFTER_MS, &["--initial-cluster", &initial]);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let healed = loop {

@@ -545,12 +545,11 @@ impl Node {
     async fn replace_dead(&self, cluster: &Cluster) {
         use rampart_membership::State;
         // What membership says of each member, remembered past the time it forgets a dead or departed one.
-        let heard = match self.last_heard.lock() {
-            Ok(mut last) => {
-                last.extend(self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)));
-                last.clone()
-            }
-            Err(_) => return,
+        let heard = {
+            // A poisoned lock still holds a usable map (at worst some states a round old): replacement goes on.
+            let mut last = self.last_heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            last.extend(self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)));
+            last.clone()
         };
         let leads_meta =
             self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);

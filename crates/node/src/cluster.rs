@@ -538,59 +538,80 @@ impl Node {
         fresh
     }
 
-    /// On the metadata group's leader: decommissions a member that membership has declared dead, or not heard of
-    /// at all, for longer than `--replace-after-ms`, so its replicas are rebuilt on the others. A voter of the metadata group is
-    /// decommissioned the same way, and a live member takes its place there too (`ClusterConfig::meta_for`), so the
-    /// group keeps its size through one loss after another.
+    /// On the metadata group's leader: decommissions a member this node has not heard from (membership has declared
+    /// it dead, it left, or it was never heard of) for longer than `--replace-after-ms`, so its replicas are rebuilt
+    /// on the others. A voter of the metadata group is decommissioned the same way, and a live member takes its place
+    /// there too (`ClusterConfig::meta_for`), so the group keeps its size through one loss after another.
+    ///
+    /// Two guards keep a node that merely hears nobody from emptying the cluster: it replaces only while it hears at
+    /// least half the members (itself included; a node restarted alone, or cut off from gossip, hears fewer), and
+    /// after one removal the next waits until the partitions here have moved, or `--replace-after-ms` has passed.
     async fn replace_dead(&self, cluster: &Cluster) {
         use rampart_membership::State;
-        // What membership says of each member, remembered past the time it forgets a dead or departed one.
-        let heard = {
-            // A poisoned lock still holds a usable map (at worst some states a round old): replacement goes on.
+        let members = cluster.config.members();
+        let states: BTreeMap<String, State> =
+            self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)).collect();
+        {
+            // What membership says of each member, remembered past the time it forgets a dead or departed one (for
+            // the view). Only ids the configuration lists: membership may have heard of any number of others.
+            // A poisoned lock still holds a usable map (at worst some states a round old).
             let mut last = self.last_heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            last.extend(self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)));
-            last.clone()
-        };
+            last.extend(states.iter().map(|(id, s)| (id.clone(), *s)));
+            last.retain(|id, _| cluster.config.addrs.contains_key(id));
+        }
         let leads_meta =
             self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
-        let mut dead_since = self.dead_since.lock().await;
-        if !leads_meta {
-            dead_since.clear();
+        let heard = |id: &str| id == self.config.id || matches!(states.get(id), Some(State::Alive | State::Suspect));
+        let hears = members.iter().filter(|m| heard(&m.id)).count();
+        let mut replacing = self.replacing.lock().await;
+        if !leads_meta || hears * 2 < members.len() {
+            // Not this node's to decide, or it cannot tell who is gone: every clock starts again.
+            if leads_meta && !replacing.since.is_empty() {
+                tracing::warn!(
+                    "hearing {hears} of {} members: no member is replaced until at least half are",
+                    members.len()
+                );
+            }
+            replacing.since.clear();
             return;
         }
-        let members = cluster.config.members();
-        dead_since.retain(|id, _| members.iter().any(|m| m.id == *id));
+        replacing.since.retain(|id, _| members.iter().any(|m| m.id == *id));
         let now = std::time::Instant::now();
         let mut due: Option<(std::time::Instant, String)> = None;
-        for m in members.iter().filter(|m| m.id != self.config.id) {
-            // A member never heard of since this node started counts as dead: one that stayed down through a
-            // restart of the whole cluster is known to no live node, so membership never declares it anything, and
-            // its replicas would stay one short for good. (One that left on purpose is not replaced.)
-            let dead = heard.get(&m.id).is_none_or(|s| *s == State::Dead);
-            if !dead {
-                dead_since.remove(&m.id);
-                continue;
-            }
-            let since = *dead_since.entry(m.id.clone()).or_insert(now);
+        for m in members.iter().filter(|m| !heard(&m.id)) {
+            // Dead, left (stopped and not back) or never heard of since this node started: one that stayed down
+            // through a restart of the whole cluster is known to no live node, so membership never declares it
+            // anything, and its replicas would stay one short for good.
+            let since = *replacing.since.entry(m.id.clone()).or_insert(now);
             // One at a time, the one gone longest first: the members left decide whether the next may go.
             if now.duration_since(since) >= self.config.replace_after && due.as_ref().is_none_or(|(d, _)| since < *d) {
                 due = Some((since, m.id.clone()));
             }
         }
+        replacing.since.retain(|id, _| !heard(id));
         // With no node to spare (as many members as replicas) there is nowhere to rebuild: the partitions run on
         // the replicas left until the node returns or one is added.
         if members.len() <= cluster.config.replicas as usize {
             due = None;
         }
-        drop(dead_since);
+        // The last removal's moves first (bounded: a move that cannot finish, its new replica gone too, must not
+        // hold every later replacement).
+        if replacing.last.is_some_and(|t| now.duration_since(t) < self.config.replace_after)
+            && self.moving_here(cluster)
+        {
+            due = None;
+        }
+        drop(replacing);
         if let Some((_, id)) = due {
             tracing::warn!(
-                "{id} has been dead, or never heard of, for {:?}: decommissioning it, its replicas move",
+                "{id} has been dead, gone or never heard of for {:?}: decommissioning it, its replicas move",
                 self.config.replace_after
             );
             match self.admin_local(AdminOp::Remove { id: id.clone() }).await {
                 Ok(_) => {
-                    self.dead_since.lock().await.remove(&id);
+                    let mut replacing = self.replacing.lock().await;
+                    replacing.since.remove(&id);
+                    replacing.last = Some(std::time::Instant::now());
                 }
                 Err(e) => tracing::warn!("replacing {id}: {e}"),
             }
@@ -613,6 +634,17 @@ impl Node {
                 tracing::info!("filling the metadata group: {e}");
             }
         }
+    }
+
+    /// Whether a partition (or the metadata group) this node runs still has voters other than the configuration's.
+    fn moving_here(&self, cluster: &Cluster) -> bool {
+        self.hosted_quiet().into_iter().any(|(group, raft, _)| {
+            let target: BTreeSet<RaftId> = cluster.replicas(group).into_iter().collect();
+            let m = raft.metrics();
+            let voters: BTreeSet<RaftId> =
+                m.borrow_watched().committed_membership_config.membership().voter_ids().collect();
+            !target.is_empty() && voters != target
+        })
     }
 
     /// One round of reconciliation (see the module doc); `survey`: ask the peers for a newer configuration too.

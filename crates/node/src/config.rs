@@ -185,7 +185,8 @@ pub struct NodeConfig {
     pub payment_deadline: Duration,
     /// How long an idempotency key is remembered; a retry after that places a new order.
     pub idempotency_retention: Duration,
-    /// A (non-founding) member declared dead for this long is decommissioned: its replicas are rebuilt elsewhere.
+    /// A member not heard from (dead, stopped and not back, or never heard of) for this long is decommissioned by
+    /// the metadata leader, if it hears at least half the members: its replicas are rebuilt elsewhere.
     pub replace_after: Duration,
     /// A partition that has served nothing for this long quiesces: no heartbeats, no election timers (zero:
     /// never). See the `quiesce` module.

@@ -134,10 +134,10 @@ pub struct Node {
     raft_config: Arc<openraft::Config>,
     /// Configuration changes are made one at a time.
     pub(crate) admin_lock: tokio::sync::Mutex<()>,
-    /// On the metadata leader: members membership declared dead (or never heard of), and since when.
-    pub(crate) dead_since: tokio::sync::Mutex<BTreeMap<String, std::time::Instant>>,
-    /// The state membership last gave each member since this node started, kept after membership forgets a dead
-    /// or departed member (so one that left is not taken for one never heard of).
+    /// On the metadata leader: the members not heard from, since when, and the last one replaced.
+    pub(crate) replacing: tokio::sync::Mutex<Replacing>,
+    /// The state membership last gave each configured member since this node started, kept after membership
+    /// forgets a dead or departed member (for `GET /v1/cluster`).
     pub(crate) last_heard: std::sync::Mutex<BTreeMap<String, rampart_membership::State>>,
     /// The epoch of the configuration last recorded in the store (see `Node::record_config`).
     pub(crate) recorded_epoch: std::sync::Mutex<Option<u64>>,
@@ -160,6 +160,15 @@ pub struct Node {
     /// Set once a majority of the cluster refuses this node as another cluster's: the node stops, saying why.
     pub(crate) shut_out: tokio::sync::watch::Sender<Option<String>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The metadata leader's replacement clocks (`Node::replace_dead`).
+#[derive(Debug, Default)]
+pub(crate) struct Replacing {
+    /// Members this node does not hear from, and since when.
+    pub(crate) since: BTreeMap<String, std::time::Instant>,
+    /// When the last member was replaced.
+    pub(crate) last: Option<std::time::Instant>,
 }
 
 /// A Raft group this node runs.
@@ -230,8 +239,23 @@ impl Node {
                         (id.clone(), PeerNode { id: id.clone(), peer: f.peer.to_string(), http })
                     })
                     .collect();
-                let seeds = members.iter().filter(|(id, _)| **id != config.id).map(|(_, f)| f.peer).collect();
-                (ClusterConfig::founding(founders, addrs, config.partitions, config.replicas), seeds)
+                let founding = ClusterConfig::founding(founders, addrs, config.partitions, config.replicas);
+                // Gossip starts from the other founders and, on a restart, every member the configuration recorded
+                // here knows: the founders may since have been replaced, and the members that saw this node stop
+                // no longer call on it, so it must call on them.
+                let mut seeds: Vec<std::net::SocketAddr> =
+                    members.iter().filter(|(id, _)| **id != config.id).map(|(_, f)| f.peer).collect();
+                if let Some(r) = recorded.as_ref().filter(|r| founding.same_cluster(r)) {
+                    seeds.extend(
+                        r.members()
+                            .iter()
+                            .filter(|m| m.id != config.id)
+                            .filter_map(|m| r.addrs.get(&m.id)?.peer.parse::<std::net::SocketAddr>().ok()),
+                    );
+                }
+                seeds.sort();
+                seeds.dedup();
+                (founding, seeds)
             }
             Bootstrap::Join(addr) => {
                 // A member restarting as it was (same entry, same peer address) takes the newest configuration
@@ -371,7 +395,7 @@ impl Node {
             groups: std::sync::RwLock::new(BTreeMap::new()),
             raft_config,
             admin_lock: tokio::sync::Mutex::new(()),
-            dead_since: tokio::sync::Mutex::new(BTreeMap::new()),
+            replacing: tokio::sync::Mutex::new(Replacing::default()),
             last_heard: std::sync::Mutex::new(BTreeMap::new()),
             recorded_epoch: std::sync::Mutex::new(None),
             proposed: Arc::default(),

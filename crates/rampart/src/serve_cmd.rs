@@ -56,7 +56,7 @@ pub struct ServeArgs {
     /// How long an idempotency key is remembered, in ms (default 86400000: a day).
     #[arg(long, env = "RAMPART_IDEMPOTENCY_RETENTION_MS")]
     idempotency_retention_ms: Option<u64>,
-    /// A member declared dead, or not heard of at all, for this many ms is
+    /// A member not heard from (declared dead, stopped and not back, or never heard of) for this many ms is
     /// decommissioned and its replicas rebuilt on the others (default 60000).
     #[arg(long, env = "RAMPART_REPLACE_AFTER_MS")]
     replace_after_ms: Option<u64>,

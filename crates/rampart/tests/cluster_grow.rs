@@ -105,9 +105,9 @@ fn settled(nodes: &[usize], epoch: u64) -> Vec<BTreeSet<String>> {
     }
 }
 
-/// Waits until every node in `nodes` names a leader, among the partition's replicas, for every partition,
+/// Waits until every node in `nodes`, in configuration `epoch` or later, names a leader, among the partition's replicas, for every partition,
 /// including those it holds no replica of (it asks the nodes that do); returns how many such partitions it saw.
-fn leaders_named_everywhere(nodes: &[usize]) -> usize {
+fn leaders_named_everywhere(nodes: &[usize], epoch: u64) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut held_elsewhere = 0;
@@ -125,8 +125,10 @@ fn leaders_named_everywhere(nodes: &[usize]) -> usize {
                     missing.push(format!("n{i} partition {}: {p}", p["id"]));
                 }
             }
-            if v.is_none() {
-                missing.push(format!("n{i}: no view"));
+            match v.as_ref().map(|v| v["config_epoch"].as_u64()) {
+                None => missing.push(format!("n{i}: no view")),
+                Some(e) if e < Some(epoch) => missing.push(format!("n{i}: configuration {e:?}, not yet {epoch}")),
+                Some(_) => {}
             }
         }
         if missing.is_empty() {
@@ -195,7 +197,7 @@ fn a_fourth_node_joins_and_leaves_and_a_dead_founder_is_rebuilt_elsewhere() {
     assert_eq!(gained, PARTITIONS * 3 / 4, "{before:?} -> {grown:?}");
     all_readable(3, &written);
     // Each partition's 3 replicas leave one of the 4 nodes without it; that node still names its leader.
-    assert_eq!(leaders_named_everywhere(&[0, 1, 2, 3]), PARTITIONS);
+    assert_eq!(leaders_named_everywhere(&[0, 1, 2, 3], 2), PARTITIONS);
     for k in 60..90 {
         let (key, value) = (format!("grow-{k}"), format!("v{k}"));
         put(k % 4, &key, &value);
@@ -365,4 +367,94 @@ fn a_member_missing_from_a_whole_cluster_restart_is_replaced() {
     let n13 = v["nodes"].as_array().and_then(|n| n.iter().find(|n| n["id"] == "n13").cloned()).expect("n13 listed");
     // Never heard of since the restart, it is still shown in the zone the configuration gave it.
     assert_eq!((&n13["state"], &n13["zone"]), (&serde_json::json!("left"), &serde_json::json!("default")), "{n13}");
+}
+
+/// Stops a node with SIGTERM (it leaves membership on purpose) and waits for it to exit.
+fn sigterm(nodes: &mut Processes, child: usize) {
+    let c = &mut nodes.children[child];
+    let status = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().expect("kill");
+    assert!(status.success(), "SIGTERM sent");
+    c.wait().expect("stops");
+}
+
+/// The state node `via` gives each node it lists, and its configuration epoch.
+fn states(via: usize) -> Option<(u64, BTreeMap<String, String>)> {
+    let v = view(via)?;
+    let nodes = v["nodes"].as_array()?;
+    let states = nodes.iter().filter_map(|n| Some((n["id"].as_str()?.to_owned(), n["state"].as_str()?.to_owned())));
+    Some((v["config_epoch"].as_u64()?, states.collect()))
+}
+
+/// A cluster founded by one node and grown by `--join` to four (nodes 20-23, 3 replicas). Its founder restarted
+/// alone with SIGTERM finds the members that saw it leave (they no longer call on it); restarted while all the
+/// others are down, it hears one member of four and replaces nobody, however long they stay away, though it alone
+/// holds the metadata group; and a member stopped with SIGTERM that stays away is replaced like a dead one.
+#[test]
+fn a_node_that_hears_too_few_replaces_nobody_and_one_that_stays_away_is_replaced() {
+    const REPLACE_AFTER_MS: &str = "2000";
+    let mut nodes = Processes::new();
+    let founder = format!("n20={}", peer(20));
+    start_with(&mut nodes, 20, REPLACE_AFTER_MS, &["--initial-cluster", &founder]);
+    settled(&[20], 1);
+    let mut child = BTreeMap::from([(20, 0)]);
+    for (n, i) in (21..24).enumerate() {
+        start_with(&mut nodes, i, REPLACE_AFTER_MS, &["--join", &peer(20)]);
+        child.insert(i, nodes.children.len() - 1);
+        settled(&(20..=i).collect::<Vec<_>>(), 2 + n as u64);
+    }
+    let all = [20, 21, 22, 23];
+    let grown = settled(&all, 4);
+    let mut written = BTreeMap::new();
+    for k in 0..40 {
+        let (key, value) = (format!("few-{k}"), format!("v{k}"));
+        put(20 + k % 4, &key, &value);
+        written.insert(key, value);
+    }
+    let alive = |via: usize, others: &[usize]| {
+        states(via).is_some_and(|(_, s)| others.iter().all(|o| s.get(&format!("n{o}")).is_some_and(|s| s == "alive")))
+    };
+
+    // The founder restarted alone: its founding list names only itself, and the others saw it leave.
+    sigterm(&mut nodes, child[&20]);
+    start_with(&mut nodes, 20, REPLACE_AFTER_MS, &["--initial-cluster", &founder]);
+    child.insert(20, nodes.children.len() - 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !alive(20, &[21, 22, 23]) {
+        assert!(Instant::now() < deadline, "the restarted founder does not hear the others: {:?}", states(20));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (epoch, _) = states(20).expect("n20 answers");
+
+    // Everyone down, the founder back alone: it leads the metadata group (its only voter) and hears nobody.
+    for i in [21, 22, 23, 20] {
+        sigterm(&mut nodes, child[&i]);
+    }
+    start_with(&mut nodes, 20, REPLACE_AFTER_MS, &["--initial-cluster", &founder]);
+    child.insert(20, nodes.children.len() - 1);
+    let quiet_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < quiet_until {
+        if let Some((e, s)) = states(20) {
+            assert!(e == epoch && s.values().all(|s| s != "left"), "n20 alone replaced a member: {e} {s:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(states(20).is_some(), "n20 answers");
+    for i in [21, 22, 23] {
+        start_with(&mut nodes, i, REPLACE_AFTER_MS, &["--join", &peer(20)]);
+        child.insert(i, nodes.children.len() - 1);
+    }
+    assert_eq!(settled(&all, epoch), grown, "nothing moved");
+    all_readable(21, &written);
+
+    // A member stopped on purpose and not back within the delay: its replicas are rebuilt on the others.
+    sigterm(&mut nodes, child[&23]);
+    let healed = settled(&[20, 21, 22], epoch + 1);
+    for (p, (old, new)) in grown.iter().zip(&healed).enumerate() {
+        assert!(!new.contains("n23") && new.len() == 3, "partition {p}: {new:?}");
+        if old != new {
+            assert!(old.contains("n23") && old.difference(new).count() == 1, "partition {p}: {old:?} -> {new:?}");
+        }
+    }
+    all_readable(22, &written);
+    assert_eq!(states(21).map(|(_, s)| s["n23"].clone()).as_deref(), Some("left"));
 }

@@ -141,6 +141,12 @@ impl ClusterConfig {
         self.history.last().map_or(&[], Vec::as_slice)
     }
 
+    /// The peer addresses of the members other than `me` (where to start gossip).
+    pub fn peers_but(&self, me: &str) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        let me = me.to_owned();
+        self.members().iter().filter(move |m| m.id != me).filter_map(|m| self.addrs.get(&m.id)?.peer.parse().ok())
+    }
+
     /// The nodes the metadata group runs on (sorted by id): the recorded voters, else the founders' rule.
     pub fn meta_members(&self) -> Vec<String> {
         self.meta.clone().unwrap_or_else(|| self.founding_meta())

@@ -246,12 +246,7 @@ impl Node {
                 let mut seeds: Vec<std::net::SocketAddr> =
                     members.iter().filter(|(id, _)| **id != config.id).map(|(_, f)| f.peer).collect();
                 if let Some(r) = recorded.as_ref().filter(|r| founding.same_cluster(r)) {
-                    seeds.extend(
-                        r.members()
-                            .iter()
-                            .filter(|m| m.id != config.id)
-                            .filter_map(|m| r.addrs.get(&m.id)?.peer.parse::<std::net::SocketAddr>().ok()),
-                    );
+                    seeds.extend(r.peers_but(&config.id));
                 }
                 seeds.sort();
                 seeds.dedup();
@@ -321,13 +316,7 @@ impl Node {
                 // Gossip starts from the member named and every member the configuration knows (the one named
                 // may be down).
                 let mut seeds = vec![*addr];
-                seeds.extend(
-                    joined
-                        .members()
-                        .iter()
-                        .filter(|m| m.id != config.id)
-                        .filter_map(|m| joined.addrs.get(&m.id)?.peer.parse::<std::net::SocketAddr>().ok()),
-                );
+                seeds.extend(joined.peers_but(&config.id));
                 seeds.sort();
                 seeds.dedup();
                 (joined, seeds)

@@ -400,6 +400,11 @@ impl Node {
     /// On the metadata group's leader: one change at a time, on top of the latest committed configuration.
     pub(crate) async fn admin_local(&self, op: AdminOp) -> Result<ClusterConfig, AdminError> {
         let _one_at_a_time = self.admin_lock.lock().await;
+        self.admin_locked(op).await
+    }
+
+    /// `admin_local` with the change lock already held.
+    async fn admin_locked(&self, op: AdminOp) -> Result<ClusterConfig, AdminError> {
         let meta = self.group(META_GROUP).ok_or(RequestError::Unavailable(META_GROUP))?;
         let confirmed =
             tokio::time::timeout(crate::node::READ_TIMEOUT, meta.ensure_linearizable(ReadPolicy::ReadIndex)).await;
@@ -567,7 +572,7 @@ impl Node {
         }
         let leads_meta =
             self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
-        let heard = |id: &str| id == self.config.id || matches!(states.get(id), Some(State::Alive | State::Suspect));
+        let heard = |id: &str| id == self.config.id || heard_now(id, &states);
         let hears = members.iter().filter(|m| heard(&m.id)).count();
         let mut replacing = self.replacing.lock().await;
         if !leads_meta || hears * 2 < members.len() {
@@ -609,17 +614,29 @@ impl Node {
         }
         drop(replacing);
         if let Some((_, id)) = due {
-            tracing::warn!(
-                "{id} has been dead, gone or never heard of for {:?}: decommissioning it, its replicas move",
-                self.config.replace_after
-            );
-            match self.admin_local(AdminOp::Remove { id: id.clone() }).await {
-                Ok(_) => {
+            // Another change may have held the lock a while: the member may be back by now.
+            let one_at_a_time = self.admin_lock.lock().await;
+            let states: BTreeMap<String, State> =
+                self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)).collect();
+            let removed = if heard_now(&id, &states) {
+                tracing::info!("{id} is back: not replaced");
+                None
+            } else {
+                tracing::warn!(
+                    "{id} has been dead, gone or never heard of for {:?}: decommissioning it, its replicas move",
+                    self.config.replace_after
+                );
+                Some(self.admin_locked(AdminOp::Remove { id: id.clone() }).await)
+            };
+            drop(one_at_a_time);
+            match removed {
+                Some(Ok(_)) => {
                     let mut replacing = self.replacing.lock().await;
                     replacing.since.remove(&id);
                     replacing.last = Some(std::time::Instant::now());
                 }
-                Err(e) => tracing::warn!("replacing {id}: {e}"),
+                Some(Err(e)) => tracing::warn!("replacing {id}: {e}"),
+                None => {}
             }
         }
         // A cluster without an identity (just founded, or founded by a build without them) gets one.
@@ -840,6 +857,12 @@ pub(crate) async fn reconcile_loop(node: std::sync::Weak<Node>) {
         }
         node.reconcile(round % SURVEY_EVERY == 0).await;
     }
+}
+
+/// Whether membership calls the member alive or suspect (heard from, or not yet given up).
+fn heard_now(id: &str, states: &BTreeMap<String, rampart_membership::State>) -> bool {
+    use rampart_membership::State;
+    matches!(states.get(id), Some(State::Alive | State::Suspect))
 }
 
 #[cfg(test)]

@@ -573,47 +573,18 @@ impl Node {
         let leads_meta =
             self.group(META_GROUP).is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
         let heard = |id: &str| id == self.config.id || heard_now(id, &states);
-        let hears = members.iter().filter(|m| heard(&m.id)).count();
         let mut replacing = self.replacing.lock().await;
-        if !leads_meta || hears * 2 < members.len() {
-            // Not this node's to decide, or it cannot tell who is gone: every clock starts again.
-            if leads_meta && !replacing.since.is_empty() {
-                tracing::warn!(
-                    "hearing {hears} of {} members: no member is replaced until at least half are",
-                    members.len()
-                );
-            }
+        if !leads_meta {
             replacing.since.clear();
             return;
         }
-        replacing.since.retain(|id, _| members.iter().any(|m| m.id == *id));
         let now = std::time::Instant::now();
-        let mut due: Option<(std::time::Instant, String)> = None;
-        for m in members.iter().filter(|m| !heard(&m.id)) {
-            // Dead, left (stopped and not back) or never heard of since this node started: one that stayed down
-            // through a restart of the whole cluster is known to no live node, so membership never declares it
-            // anything, and its replicas would stay one short for good.
-            let since = *replacing.since.entry(m.id.clone()).or_insert(now);
-            // One at a time, the one gone longest first: the members left decide whether the next may go.
-            if now.duration_since(since) >= self.config.replace_after && due.as_ref().is_none_or(|(d, _)| since < *d) {
-                due = Some((since, m.id.clone()));
-            }
-        }
-        replacing.since.retain(|id, _| !heard(id));
-        // With no node to spare (as many members as replicas) there is nowhere to rebuild: the partitions run on
-        // the replicas left until the node returns or one is added.
-        if members.len() <= cluster.config.replicas as usize {
-            due = None;
-        }
-        // The last removal's moves first (bounded: a move that cannot finish, its new replica gone too, must not
-        // hold every later replacement).
-        if replacing.last.is_some_and(|t| now.duration_since(t) < self.config.replace_after)
-            && self.moving_here(cluster)
-        {
-            due = None;
-        }
+        let due =
+            replacing.due(members, heard, cluster.config.replicas as usize, self.config.replace_after, now, || {
+                self.moving_here(cluster)
+            });
         drop(replacing);
-        if let Some((_, id)) = due {
+        if let Some(id) = due {
             // Another change may have held the lock a while: the member may be back by now.
             let one_at_a_time = self.admin_lock.lock().await;
             let states: BTreeMap<String, State> =
@@ -629,14 +600,16 @@ impl Node {
                 Some(self.admin_locked(AdminOp::Remove { id: id.clone() }).await)
             };
             drop(one_at_a_time);
-            match removed {
-                Some(Ok(_)) => {
-                    let mut replacing = self.replacing.lock().await;
-                    replacing.since.remove(&id);
-                    replacing.last = Some(std::time::Instant::now());
+            if let Some(removed) = removed {
+                let mut replacing = self.replacing.lock().await;
+                // Also after an error: one of unknown outcome may have committed, and its moves hold the next.
+                replacing.last = Some(std::time::Instant::now());
+                match removed {
+                    Ok(_) => {
+                        replacing.since.remove(&id);
+                    }
+                    Err(e) => tracing::warn!("replacing {id}: {e}"),
                 }
-                Some(Err(e)) => tracing::warn!("replacing {id}: {e}"),
-                None => {}
             }
         }
         // A cluster without an identity (just founded, or founded by a build without them) gets one.
@@ -760,6 +733,19 @@ impl Node {
     ) {
         let nodes = self.peers.nodes();
         let catch_up = if group == META_GROUP { META_CATCH_UP_TIMEOUT } else { CATCH_UP_TIMEOUT };
+        // A new replica on a member not heard from could only time out (up to `catch_up`, holding this node's
+        // rounds, the replacement of that very member included): the move waits until it is heard.
+        let states: BTreeMap<String, rampart_membership::State> =
+            self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)).collect();
+        let unheard = target
+            .iter()
+            .filter(|t| !voters.contains(t) && **t != self.me)
+            .filter_map(|t| nodes.get(t))
+            .find(|n| !heard_now(&n.id, &states));
+        if let Some(n) = unheard {
+            tracing::info!("{}: waiting to hear from {} before moving a replica there", group_name(group), n.id);
+            return;
+        }
         for new in target.iter().filter(|t| !voters.contains(t)) {
             let Some(node) = nodes.get(new) else {
                 tracing::warn!("{}: no address for replica {new}", group_name(group));
@@ -856,6 +842,58 @@ pub(crate) async fn reconcile_loop(node: std::sync::Weak<Node>) {
             return;
         }
         node.reconcile(round % SURVEY_EVERY == 0).await;
+    }
+}
+
+impl crate::node::Replacing {
+    /// One round of the metadata leader's clocks: the member to decommission now, if any. `heard`: whether this
+    /// node hears a member (itself included); `moving`: whether the last removal's moves are still under way.
+    pub(crate) fn due(
+        &mut self,
+        members: &[Member],
+        heard: impl Fn(&str) -> bool,
+        replicas: usize,
+        replace_after: Duration,
+        now: std::time::Instant,
+        moving: impl FnOnce() -> bool,
+    ) -> Option<String> {
+        let hears = members.iter().filter(|m| heard(&m.id)).count();
+        if hears * 2 < members.len() {
+            // It cannot tell who is gone: every clock starts again.
+            if !self.since.is_empty() {
+                tracing::warn!(
+                    "hearing {hears} of {} members: none is replaced until at least half are",
+                    members.len()
+                );
+            }
+            self.since.clear();
+            return None;
+        }
+        self.since.retain(|id, _| members.iter().any(|m| m.id == *id) && !heard(id));
+        let mut due: Option<(std::time::Instant, &str)> = None;
+        for m in members.iter().filter(|m| !heard(&m.id)) {
+            // Dead, left (stopped and not back) or never heard of since this node started: one that stayed down
+            // through a restart of the whole cluster is known to no live node, so membership never declares it
+            // anything, and its replicas would stay one short for good.
+            let since = *self.since.entry(m.id.clone()).or_insert(now);
+            // One at a time, the one gone longest first: the members left decide whether the next may go.
+            if now.duration_since(since) >= replace_after && due.is_none_or(|(d, _)| since < d) {
+                due = Some((since, &m.id));
+            }
+        }
+        // With no node to spare (as many members as replicas) there is nowhere to rebuild: the partitions run on
+        // the replicas left until the node returns or one is added. Nor while fewer members are heard than a
+        // partition has replicas: the placement without the member would put replicas on members not heard
+        // either, and no move could finish.
+        if members.len() <= replicas || hears < replicas {
+            return None;
+        }
+        // The last removal's moves first (bounded: a move that cannot finish, its new replica gone too, must not
+        // hold every later replacement).
+        if self.last.is_some_and(|t| now.duration_since(t) < replace_after) && moving() {
+            return None;
+        }
+        due.map(|(_, id)| id.to_owned())
     }
 }
 
@@ -974,5 +1012,74 @@ mod tests {
         let mut legacy: serde_json::Value = serde_json::to_value(&named).unwrap();
         legacy.as_object_mut().unwrap().remove("identity");
         assert_eq!(serde_json::from_value::<ClusterConfig>(legacy).unwrap().identity, None);
+    }
+
+    fn members(n: usize) -> Vec<Member> {
+        (0..n).map(|i| Member { id: format!("n{i}"), zone: "default".into(), weight: 100 }).collect()
+    }
+
+    /// Runs a round at `at` ms with the members in `unheard` not heard, three replicas and a 1 s delay.
+    fn round(r: &mut crate::node::Replacing, n: usize, unheard: &[&str], at: u64, moving: bool) -> Option<String> {
+        let t0 = *T0.get_or_init(std::time::Instant::now);
+        let now = t0 + Duration::from_millis(at);
+        r.due(&members(n), |id| !unheard.contains(&id), 3, Duration::from_secs(1), now, || moving)
+    }
+
+    static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+    #[test]
+    fn a_member_unheard_for_the_delay_is_due_and_one_heard_again_is_not() {
+        let mut r = crate::node::Replacing::default();
+        assert_eq!(round(&mut r, 4, &["n3"], 0, false), None, "its clock starts");
+        assert_eq!(round(&mut r, 4, &["n3"], 999, false), None);
+        assert_eq!(round(&mut r, 4, &["n3"], 1000, false).as_deref(), Some("n3"));
+        // Heard again: its clock starts over the next time it is lost.
+        assert_eq!(round(&mut r, 4, &[], 1100, false), None);
+        assert_eq!(round(&mut r, 4, &["n3"], 1200, false), None);
+        assert_eq!(round(&mut r, 4, &["n3"], 2199, false), None);
+        assert_eq!(round(&mut r, 4, &["n3"], 2200, false).as_deref(), Some("n3"));
+    }
+
+    #[test]
+    fn a_node_hearing_fewer_than_half_the_members_replaces_nobody_and_starts_every_clock_again() {
+        let mut r = crate::node::Replacing::default();
+        // Five members, this node (n0) hears only n1: two of five.
+        let few = ["n2", "n3", "n4"];
+        for at in [0, 1000, 5000, 60_000] {
+            assert_eq!(round(&mut r, 5, &few, at, false), None, "at {at} ms");
+        }
+        assert!(r.since.is_empty(), "no clock runs: {:?}", r.since);
+        // Hearing n2 again (three of five), the clocks of n3 and n4 start only now.
+        assert_eq!(round(&mut r, 5, &["n3", "n4"], 61_000, false), None);
+        assert_eq!(round(&mut r, 5, &["n3", "n4"], 61_999, false), None);
+        assert!(round(&mut r, 5, &["n3", "n4"], 62_000, false).is_some());
+    }
+
+    #[test]
+    fn nobody_is_replaced_where_the_members_left_heard_could_not_hold_the_replicas() {
+        let mut r = crate::node::Replacing::default();
+        // Four members, two heard (half: enough to judge), three replicas: the placement without one of the
+        // others would put a replica on the other, not heard either.
+        assert_eq!(round(&mut r, 4, &["n2", "n3"], 0, false), None);
+        assert_eq!(round(&mut r, 4, &["n2", "n3"], 5000, false), None);
+        // Three members and three replicas: nowhere to rebuild.
+        let mut r = crate::node::Replacing::default();
+        assert_eq!(round(&mut r, 3, &["n2"], 0, false), None);
+        assert_eq!(round(&mut r, 3, &["n2"], 5000, false), None);
+    }
+
+    #[test]
+    fn the_member_gone_longest_goes_first_and_the_next_waits_for_the_moves_or_the_delay() {
+        let mut r = crate::node::Replacing::default();
+        assert_eq!(round(&mut r, 6, &["n5"], 0, false), None);
+        assert_eq!(round(&mut r, 6, &["n5", "n4"], 500, false), None);
+        assert_eq!(round(&mut r, 6, &["n5", "n4"], 1500, false).as_deref(), Some("n5"), "gone longest");
+        // n5 removed at 1.5 s: five members left, n4 due, but the moves are under way.
+        r.last = Some(*T0.get().unwrap() + Duration::from_millis(1500));
+        r.since.remove("n5");
+        assert_eq!(round(&mut r, 5, &["n4"], 2000, true), None, "moves under way");
+        assert_eq!(round(&mut r, 5, &["n4"], 2000, false).as_deref(), Some("n4"), "moves done");
+        assert_eq!(round(&mut r, 5, &["n4"], 2499, true), None);
+        assert_eq!(round(&mut r, 5, &["n4"], 2500, true).as_deref(), Some("n4"), "held for the delay at most");
     }
 }

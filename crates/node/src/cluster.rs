@@ -558,10 +558,8 @@ impl Node {
     /// least half the members (itself included; a node restarted alone, or cut off from gossip, hears fewer), and
     /// after one removal the next waits until the partitions here have moved, or `--replace-after-ms` has passed.
     async fn replace_dead(&self, cluster: &Cluster) {
-        use rampart_membership::State;
         let members = cluster.config.members();
-        let states: BTreeMap<String, State> =
-            self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)).collect();
+        let states = self.member_states();
         {
             // What membership says of each member, remembered past the time it forgets a dead or departed one (for
             // the view). Only ids the configuration lists: membership may have heard of any number of others.
@@ -587,9 +585,7 @@ impl Node {
         if let Some(id) = due {
             // Another change may have held the lock a while: the member may be back by now.
             let one_at_a_time = self.admin_lock.lock().await;
-            let states: BTreeMap<String, State> =
-                self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)).collect();
-            let removed = if heard_now(&id, &states) {
+            let removed = if heard_now(&id, &self.member_states()) {
                 tracing::info!("{id} is back: not replaced");
                 None
             } else {
@@ -601,14 +597,11 @@ impl Node {
             };
             drop(one_at_a_time);
             if let Some(removed) = removed {
-                let mut replacing = self.replacing.lock().await;
-                // Also after an error: one of unknown outcome may have committed, and its moves hold the next.
-                replacing.last = Some(std::time::Instant::now());
-                match removed {
-                    Ok(_) => {
-                        replacing.since.remove(&id);
-                    }
-                    Err(e) => tracing::warn!("replacing {id}: {e}"),
+                // Also after an error: one of unknown outcome may have committed, and its moves hold the next. (A
+                // member removed drops out of the clocks with the configuration that no longer lists it.)
+                self.replacing.lock().await.last = Some(std::time::Instant::now());
+                if let Err(e) = removed {
+                    tracing::warn!("replacing {id}: {e}");
                 }
             }
         }
@@ -630,6 +623,11 @@ impl Node {
                 tracing::info!("filling the metadata group: {e}");
             }
         }
+    }
+
+    /// What membership says of each member it knows.
+    fn member_states(&self) -> BTreeMap<String, rampart_membership::State> {
+        self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)).collect()
     }
 
     /// Whether a partition (or the metadata group) this node runs still has voters other than the configuration's.
@@ -735,8 +733,7 @@ impl Node {
         let catch_up = if group == META_GROUP { META_CATCH_UP_TIMEOUT } else { CATCH_UP_TIMEOUT };
         // A new replica on a member not heard from could only time out (up to `catch_up`, holding this node's
         // rounds, the replacement of that very member included): the move waits until it is heard.
-        let states: BTreeMap<String, rampart_membership::State> =
-            self.membership.members().into_iter().map(|(m, _)| (m.id, m.state)).collect();
+        let states = self.member_states();
         let unheard = target
             .iter()
             .filter(|t| !voters.contains(t) && **t != self.me)

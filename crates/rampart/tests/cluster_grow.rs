@@ -105,8 +105,9 @@ fn settled(nodes: &[usize], epoch: u64) -> Vec<BTreeSet<String>> {
     }
 }
 
-/// Waits until every node in `nodes`, in configuration `epoch` or later, names a leader, among the partition's replicas, for every partition,
-/// including those it holds no replica of (it asks the nodes that do); returns how many such partitions it saw.
+/// Waits until every node in `nodes`, in configuration `epoch` or later, names a leader, among the partition's
+/// replicas, for every partition, including those it holds no replica of (it asks the nodes that do); returns how
+/// many such partitions it saw.
 fn leaders_named_everywhere(nodes: &[usize], epoch: u64) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -377,6 +378,15 @@ fn sigterm(nodes: &mut Processes, child: usize) {
     c.wait().expect("stops");
 }
 
+/// Waits until node `i` answers HTTP.
+fn answering(i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http("GET", http_addr(i), "/healthz", None).is_none() {
+        assert!(Instant::now() < deadline, "n{i} does not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The state node `via` gives each node it lists, and its configuration epoch.
 fn states(via: usize) -> Option<(u64, BTreeMap<String, String>)> {
     let v = view(via)?;
@@ -432,11 +442,7 @@ fn a_node_that_hears_too_few_replaces_nobody_and_one_that_stays_away_is_replaced
     }
     start_with(&mut nodes, 20, REPLACE_AFTER_MS, &["--initial-cluster", &founder]);
     child.insert(20, nodes.children.len() - 1);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while states(20).is_none() {
-        assert!(Instant::now() < deadline, "n20 does not answer");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    answering(20);
     // Four times the delay, from the moment it answers.
     let quiet_until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < quiet_until {
@@ -452,11 +458,7 @@ fn a_node_that_hears_too_few_replaces_nobody_and_one_that_stays_away_is_replaced
         child.insert(i, nodes.children.len() - 1);
     }
     for i in [21, 22, 23] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http("GET", http_addr(i), "/healthz", None).is_none() {
-            assert!(Instant::now() < deadline, "n{i} does not answer");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        answering(i);
     }
     start_with(&mut nodes, 20, REPLACE_AFTER_MS, &["--initial-cluster", &founder]);
     child.insert(20, nodes.children.len() - 1);
